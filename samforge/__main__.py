@@ -1,0 +1,3 @@
+from samforge.cli.main import main
+
+raise SystemExit(main())

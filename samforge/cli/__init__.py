@@ -1,0 +1,1 @@
+"""The ``samforge`` command line: one entry point, a subcommand per job."""

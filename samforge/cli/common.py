@@ -1,0 +1,53 @@
+"""Flags and helpers that read the same across subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from samforge.models.build import build_sam
+from samforge.models.configs import SAM_CONFIGS
+from samforge.models.sam import Sam
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    parser.add_argument(
+        "--model-type",
+        "--model",
+        dest="model_type",
+        default=default_model,
+        required=default_model is None,
+        choices=["default", *SAM_CONFIGS],
+        help="model configuration (default = vit_h, as in segment_anything)",
+    )
+    parser.add_argument("--checkpoint", default=None, help="weights file (.pth/.pt official or samforge, .safetensors)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
+
+
+def load_model(args: argparse.Namespace) -> Sam:
+    """Build the model named by the flags; without a checkpoint, say plainly that weights are random."""
+    if args.checkpoint is None:
+        print(
+            f"WARNING: no --checkpoint given: {args.model_type} has RANDOM weights (seed {args.seed}); "
+            "its masks show the pipeline working, not a trained model."
+        )
+        torch.manual_seed(args.seed)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
+    return build_sam(args.model_type, args.checkpoint, device=device)
+
+
+def parse_floats(text: str, count: tuple[int, ...], name: str) -> list[float]:
+    """``"1,2,3"`` -> floats, with the number of values one of ``count``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in count:
+        expected = " or ".join(str(c) for c in count)
+        raise ValueError(f"{name} expects {expected} comma-separated numbers, got {text!r}")
+    return values

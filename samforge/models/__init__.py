@@ -1,0 +1,8 @@
+"""Pure ``nn.Module`` models, named configurations and checkpoint loading. Imports nothing above it."""
+
+from samforge.models.build import build_sam, sam_model_registry
+from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
+from samforge.models.configs import SAM_CONFIGS, SamConfig
+from samforge.models.sam import Sam
+
+__all__ = ["SAM_CONFIGS", "Sam", "SamConfig", "build_sam", "load_state_dict_strict", "read_state_dict", "sam_model_registry"]

@@ -11,6 +11,7 @@ import numpy as np
 from samforge.cli.common import add_model_args, load_model, parse_floats
 from samforge.data.image_io import read_image_rgb
 from samforge.models.sam import Sam
+from samforge.predict.checks import check_box, check_points
 from samforge.predict.predictor import SamPredictor
 from samforge.utils.atomic import atomic_write_bytes, save_png
 from samforge.viz.overlay import draw_overlay
@@ -40,9 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if not points and args.box is None:
         raise ValueError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
     coords = np.array([p[:2] for p in points], dtype=float) if points else None
-    labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
+    labels = np.array([p[2] if len(p) == 3 else 1.0 for p in points]) if points else None
     box = np.array(parse_floats(args.box, (4,), "--box")) if args.box is not None else None
     image = read_image_rgb(args.image)
+    # check the prompts against the image before the (slow) model load and image embedding
+    if coords is not None:
+        coords, labels = check_points(coords, labels, image.shape[:2])  # labels: 1, 0 or -1 (not 0.5 -> 0)
+    if box is not None:
+        check_box(box, image.shape[:2])
     model = load_model(args)
     result = predict_to_folder(
         model, image, Path(args.out), coords, labels, box, multimask_output=not args.single_mask,

@@ -5,6 +5,7 @@ A drop-in for ``segment_anything.SamPredictor``: same names, arguments, defaults
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -59,10 +60,14 @@ class SamPredictor:
                 f"transformed_image must have shape 1x3xHxW with the longest side {size} "
                 f"(use predictor.transform.apply_image), got {shape}"
             )
-        if len(original_image_size) != 2 or min(original_image_size) <= 0:
-            raise ValueError(f"original_image_size must be (H, W) with H, W > 0, got {original_image_size}")
+        try:  # two integers (python, numpy or 0-d integer tensors), not bools, strings or floats
+            hw = tuple(operator.index(s) if not isinstance(s, bool) else None for s in original_image_size)
+        except TypeError:
+            hw = ()
+        if len(hw) != 2 or None in hw or min(hw) <= 0:
+            raise ValueError(f"original_image_size must be (H, W) with H, W > 0 integers, got {original_image_size!r}")
         self.reset_image()
-        self.original_size = tuple(int(s) for s in original_image_size)
+        self.original_size = hw
         self.input_size = tuple(shape[-2:])
         input_image = self.model.preprocess(transformed_image.to(self.device))
         self.features = self.model.image_encoder(input_image)
@@ -179,7 +184,7 @@ class SamPredictor:
             check_inside(point_coords.detach().cpu().numpy(), self.input_size, "point_coords (resized frame)", 1.0)
             batch_sizes["point_coords"] = point_coords.shape[0]
         if boxes is not None:
-            if boxes.ndim == 3:
+            if isinstance(boxes, torch.Tensor) and boxes.ndim == 3:
                 check_tensor(boxes, "boxes", "Bx1x4", ndim=3, last=4)
                 if boxes.shape[1] != 1:
                     raise ValueError(f"boxes must have shape Bx4 (or Bx1x4), got {tuple(boxes.shape)}")

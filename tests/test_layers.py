@@ -1,0 +1,52 @@
+"""DESIGN.md's layers hold: models/ imports nothing above it, predict/ knows models only,
+and samforge never imports the official packages (they are test oracles)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "samforge"
+ALLOWED = {
+    "models": {"models"},
+    "predict": {"models", "predict"},
+    "data": {"data", "utils", "viz"},
+    "viz": {"viz"},
+    "utils": {"utils"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def files() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
+def test_there_are_files_to_check():
+    assert len(files()) > 10
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layer_imports_point_down(layer):
+    for path in (ROOT / layer).rglob("*.py"):
+        for name in imported_modules(path):
+            if name.startswith("samforge."):
+                target = name.split(".")[1]
+                assert target in ALLOWED[layer], f"{path.relative_to(ROOT)} imports {name} (layer {layer})"
+
+
+def test_no_official_package_imports():
+    for path in files():
+        for name in imported_modules(path):
+            assert name.split(".")[0] not in {"segment_anything", "sam2"}, f"{path} imports {name}"

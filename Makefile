@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samforge-installed
+# Idle OpenMP threads must not spin: on a 2-core machine they would fight DataLoader workers and test processes.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: quickstart test bench clean
 
@@ -18,7 +20,7 @@ quickstart: $(STAMP)
 	$(PY) -m samforge quickstart --out runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/predictor.py

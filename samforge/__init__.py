@@ -3,11 +3,30 @@
 Drop-in names of the official packages::
 
     from samforge import sam_model_registry, SamPredictor
+    from samforge import build_sam2, SAM2ImagePredictor
 """
 
-from samforge.models import SAM_CONFIGS, Sam, SamConfig, build_sam, sam_model_registry
-from samforge.predict import ResizeLongestSide, SamPredictor
+import os
+
+# OpenMP threads that spin while waiting make every op ~30x slower when another process (a DataLoader
+# worker, a second job) shares the cores, as on small CPU machines. Only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from samforge.models import SAM2_CONFIGS, SAM_CONFIGS, SAM2Base, Sam, SamConfig, build_sam, build_sam2, sam_model_registry
+from samforge.predict import ResizeLongestSide, SAM2ImagePredictor, SamPredictor
 
 __version__ = "0.1.0"
 
-__all__ = ["SAM_CONFIGS", "ResizeLongestSide", "Sam", "SamConfig", "SamPredictor", "build_sam", "sam_model_registry"]
+__all__ = [
+    "SAM2_CONFIGS",
+    "SAM_CONFIGS",
+    "ResizeLongestSide",
+    "SAM2Base",
+    "SAM2ImagePredictor",
+    "Sam",
+    "SamConfig",
+    "SamPredictor",
+    "build_sam",
+    "build_sam2",
+    "sam_model_registry",
+]

@@ -260,19 +260,22 @@ def test_synth_bad_size(tmp_path, capsys):
 
 
 def test_quickstart(tmp_path, capsys):
+    """The quickstart job end to end (a tiny model and a few steps instead of the preset's minutes)."""
+    from test_train_run import TINY
+
     out = tmp_path / "qs"
-    code, stdout, err = run_cli(capsys, "quickstart", "--model-type", "vit_small", "--size", "96", "--out", out)
+    tiny = [o for o in TINY if not o.startswith(("data.train", "data.val", "val_images"))]
+    code, stdout, err = run_cli(capsys, "quickstart", "--out", out, "--val-images", "2", "steps=3", "val_every=3",
+                                "data.train=synthetic:6:64", *tiny)
     assert code == 0, err
-    assert "RANDOM weights" in stdout
-    for name in ("scene.png", "overlay.png", "mask.png", "scores.json"):
+    for name in ("data/val/images/00000.png", "checkpoints/best.pt", "checkpoints/last.pt", "metrics.jsonl",
+                 "curves.png", "eval/metrics.json", "eval/per_image.csv", "eval/best_worst.png",
+                 "segment_box/overlay.png", "segment_point/overlay.png", "segment_point/scores.json"):
         assert (out / name).is_file(), name
-    scene = read_png(out / "scene.png")
-    assert scene.shape == (96, 128, 3)
-    assert read_png(out / "overlay.png").shape == (96, 128, 3)
-    assert read_png(out / "mask.png").shape == (96, 128)
-    result = json.loads((out / "scores.json").read_text())
-    assert len(result["scores"]) == 3 and result["best"] == int(np.argmax(result["scores"]))
-    assert result["point_labels"] == [1] and result["box"] is None
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and set(metrics["box"]) == {"miou", "dice"}
+    assert "protocol" in stdout and "4/4" in stdout
+
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -283,7 +283,7 @@ def test_predict_with_box_only(predictor):
 
 def test_get_image_embedding_shape(predictor):
     emb = predictor.get_image_embedding()
-    assert isinstance(emb, torch.Tensor) and emb.shape == (1, 256, 16, 16)
+    assert isinstance(emb, torch.Tensor) and emb.shape == (1, predictor.model.config.prompt_embed_dim, 16, 16)
 
 
 # ---------------------------------------------------------------------------------------------- predict_torch

@@ -44,7 +44,7 @@ def test_small_config_is_small_and_runs():
     assert n < 15_000_000
     with torch.no_grad():
         emb = sam.image_encoder(torch.randn(2, 3, 256, 256))
-    assert emb.shape == (2, 256, 16, 16)
+    assert emb.shape == (2, cfg.prompt_embed_dim, 16, 16)
 
 
 def test_configs_are_data():

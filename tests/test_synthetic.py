@@ -100,3 +100,22 @@ def test_bad_arguments_raise(kwargs):
 def test_make_scenes_bad_n():
     with pytest.raises(ValueError, match="expected"):
         make_scenes(-1)
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3x3 square (outside the image counts as background)."""
+    p = np.pad(m, 1)
+    return np.logical_and.reduce([p[dy:dy + m.shape[0], dx:dx + m.shape[1]] for dy in range(3) for dx in range(3)])
+
+
+def test_thin_objects_are_a_few_pixels_wide():
+    thin = other = 0
+    for seed in range(30):
+        scene = make_scene(seed, image_size=(128, 128))
+        for mask, kind in zip(scene.masks, scene.shapes):
+            gone = not _erode(_erode(mask)).any()  # at most ~4 px across everywhere
+            if kind == "thin":
+                assert gone, (seed, mask.sum())
+                thin += 1
+            other += not gone
+    assert thin >= 5 and other >= 50  # thin ones do occur, and the other kinds are not thin

@@ -9,6 +9,7 @@ import torch
 from samforge.models.build import build_sam
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base, build_sam2
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
@@ -18,15 +19,19 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
         dest="model_type",
         default=default_model,
         required=default_model is None,
-        choices=["default", *SAM_CONFIGS],
-        help="model configuration (default = vit_h, as in segment_anything)",
+        choices=["default", *SAM_CONFIGS, *SAM2_CONFIGS],
+        metavar="MODEL",
+        help="model configuration: SAM (vit_h, vit_l, vit_b, vit_small; default = vit_h, as in segment_anything) "
+        "or SAM 2 (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; sam2_hiera_* likewise)",
     )
-    parser.add_argument("--checkpoint", default=None, help="weights file (.pth/.pt official or samforge, .safetensors)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="weights file (.pth/.pt official SAM or SAM 2, or samforge; .safetensors)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
 
 
-def load_model(args: argparse.Namespace) -> Sam:
+def load_model(args: argparse.Namespace) -> Sam | SAM2Base:
     """Build the model named by the flags; without a checkpoint, say plainly that weights are random."""
     if args.checkpoint is None:
         print(
@@ -38,6 +43,8 @@ def load_model(args: argparse.Namespace) -> Sam:
         device = torch.device(args.device)
     except RuntimeError as e:
         raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
+    if args.model_type in SAM2_CONFIGS:
+        return build_sam2(args.model_type, args.checkpoint, device=device)
     return build_sam(args.model_type, args.checkpoint, device=device)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samforge.cli import predict, quickstart, synth
+from samforge.cli import evaluate, predict, quickstart, synth, train
 
-SUBCOMMANDS = (predict, synth, quickstart)
+SUBCOMMANDS = (predict, synth, train, evaluate, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,10 @@ import numpy as np
 from samforge.cli.common import add_model_args, load_model, parse_floats
 from samforge.data.image_io import read_image_rgb
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2Base
 from samforge.predict.checks import check_box, check_points
 from samforge.predict.predictor import SamPredictor
+from samforge.predict.sam2_predictor import SAM2ImagePredictor
 from samforge.utils.atomic import atomic_write_bytes, save_png
 from samforge.viz.overlay import draw_overlay
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def predict_to_folder(
-    model: Sam,
+    model: Sam | SAM2Base,
     image: np.ndarray,
     out: Path,
     point_coords: np.ndarray | None,
@@ -70,9 +72,10 @@ def predict_to_folder(
     info: dict | None = None,
 ) -> dict:
     """Predict and write ``mask.png``, ``masks/mask_<i>.png``, ``scores.json`` and ``overlay.png`` to ``out``."""
-    predictor = SamPredictor(model)
+    predictor = SAM2ImagePredictor(model) if isinstance(model, SAM2Base) else SamPredictor(model)
     predictor.set_image(image)
     masks, scores, _ = predictor.predict(point_coords, point_labels, box, multimask_output=multimask_output)
+    masks = np.asarray(masks).astype(bool)  # SAM 2 gives float32 0/1 masks, as the official predictor does
     best = int(np.argmax(scores))
     (out / "masks").mkdir(parents=True, exist_ok=True)
     for i, mask in enumerate(masks):

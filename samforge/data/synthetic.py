@@ -1,7 +1,7 @@
 """Deterministic synthetic scenes: the embedded default dataset.
 
 Each scene shows several overlapping objects of varied shape (ellipse, rectangle,
-polygon, star, blob, ring), each with its own colour and texture (flat, gradient,
+polygon, star, blob, ring, and thin vessel-like curves), each with its own colour and texture (flat, gradient,
 stripes, noise, checker), painted in z-order on a textured, cluttered background.
 The instance masks are the *visible* parts after occlusion, so they never overlap.
 
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 __all__ = ["SyntheticScene", "make_scene", "make_scenes", "SHAPE_KINDS", "TEXTURE_KINDS"]
 
-SHAPE_KINDS = ("ellipse", "rectangle", "polygon", "star", "blob", "ring")
+SHAPE_KINDS = ("ellipse", "rectangle", "polygon", "star", "blob", "ring", "thin")
 TEXTURE_KINDS = ("flat", "gradient", "stripes", "noise", "checker")
 Box = Tuple[int, int, int, int]  # y0, y1, x0, x1 (end-exclusive)
 MIN_VISIBLE_FRACTION = 0.003  # of the image area
@@ -138,10 +138,26 @@ def _outline(rng: np.random.Generator, kind: str, cx: float, cy: float, r: float
     return pts + np.array([cx, cy])
 
 
+def _thin_curve(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 48) -> np.ndarray:
+    """Centre line (Nx2, x/y) of a smooth, gently winding curve through (cx, cy), ~2-3 r long."""
+    t = np.linspace(-1.0, 1.0, n)
+    half = r * rng.uniform(1.0, 1.5)
+    bend = np.zeros_like(t)
+    for f in (1, 2, 3):  # a few low-frequency wiggles across the curve
+        bend += rng.normal(0, 0.35 / f) * np.sin(np.pi * f * t / 2 + rng.uniform(0, 2 * np.pi))
+    ang = rng.uniform(0, 2 * np.pi)
+    u, v = np.array([np.cos(ang), np.sin(ang)]), np.array([-np.sin(ang), np.cos(ang)])
+    return np.array([cx, cy]) + (t * half)[:, None] * u + (bend * r)[:, None] * v
+
+
 def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int, cx: float, cy: float,
                 r: float) -> np.ndarray:
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
+    if kind == "thin":  # a vessel / wire: a few px wide (scales with the object size)
+        width = max(2, round(r * rng.uniform(0.05, 0.1)))
+        draw.line([tuple(p) for p in _thin_curve(rng, cx, cy, r)], fill=255, width=width, joint="curve")
+        return np.asarray(canvas) > 0
     pts = _outline(rng, kind, cx, cy, r)
     draw.polygon([tuple(p) for p in pts], fill=255)
     if kind == "ring":  # punch a concentric hole of the same orientation

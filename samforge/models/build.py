@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
+from samforge.models.checkpoint import load_state_dict_strict, read_checkpoint
 from samforge.models.configs import DEFAULT_SAM, SAM_CONFIGS, SamConfig
 from samforge.models.image_encoder import ImageEncoderViT
 from samforge.models.mask_decoder import MaskDecoder
@@ -91,10 +91,43 @@ def build_sam(
     sam.config = cfg
     sam.eval()
     if checkpoint is not None:
-        state_dict = read_state_dict(checkpoint)
+        state_dict, _ = read_checkpoint(checkpoint)
+        load_sam_weights(sam, state_dict, f"checkpoint {checkpoint} (model type {name!r})", name)
+    if device is not None:
+        sam.to(device)
+    return sam
+
+
+def load_sam_weights(sam: Sam, state_dict: dict[str, torch.Tensor], source: str, name: str = "custom") -> None:
+    """Strict load; on a mismatch the error also says which registered model the weights look like."""
+    guess = guess_sam_config(state_dict)
+    hint = f"The file looks like a {guess!r} checkpoint." if guess not in (None, name) else ""
+    load_state_dict_strict(sam, state_dict, source=source, hint=hint)
+
+
+def load_sam(
+    checkpoint: str | Path,
+    model_type: SamConfig | str | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> Sam:
+    """Load a SAM from any checkpoint file: samforge training checkpoints carry their configuration
+    (``sam_config``); official files need ``model_type`` (guessed from the weights' shapes when omitted)."""
+    state_dict, extras = read_checkpoint(checkpoint)
+    if model_type is None and isinstance(extras.get("sam_config"), dict):
+        config: SamConfig | str = SamConfig.from_dict(extras["sam_config"])
+    elif model_type is not None:
+        config = model_type
+    else:
         guess = guess_sam_config(state_dict)
-        hint = f"The file looks like a {guess!r} checkpoint." if guess not in (None, name) else ""
-        load_state_dict_strict(sam, state_dict, source=f"checkpoint {checkpoint} (model type {name!r})", hint=hint)
+        if guess is None:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not say which model it is and its shapes match no registered "
+                f"configuration; pass model_type (one of {sorted(SAM_CONFIGS)})"
+            )
+        config = guess
+    sam = build_sam(config)
+    load_sam_weights(sam, state_dict, f"checkpoint {checkpoint}", resolve_sam_config(config)[0])
     if device is not None:
         sam.to(device)
     return sam

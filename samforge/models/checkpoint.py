@@ -17,6 +17,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a raw state dict (official SAM) or a dict holding it under ``"model"`` (SAM 2, samforge).
     """
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Like :func:`read_state_dict`, and also return the file's other entries (e.g. samforge's
+    ``sam_config``, ``config``, ``step``); empty for a raw state dict."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"checkpoint must be a path (str or Path), got {type(path).__name__}")
     path = Path(path)
@@ -42,14 +48,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from e
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
             raise ValueError(f"could not read checkpoint {path} (truncated or corrupted?): {e}") from e
+    extras: dict = {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        extras = {k: v for k, v in obj.items() if k != "model"}
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(
             f"checkpoint {path} does not hold a state dict (a dict of tensors, or one under 'model'); "
             f"got {type(obj).__name__}"
         )
-    return obj
+    return obj, extras
 
 
 def _shown(keys: list[str]) -> str:

@@ -20,7 +20,11 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """A stack of ``num_layers`` linear layers with ReLU between them (heads of the mask decoder)."""
+    """A stack of ``num_layers`` linear layers with ``activation`` (ReLU by default) between them.
+
+    The heads of the mask decoders; in SAM 2 also the feed-forward block of Hiera (GELU) and of the
+    two-way transformer, whose state-dict names (``layers.0``, ``layers.1``) this layout gives.
+    """
 
     def __init__(
         self,
@@ -29,6 +33,8 @@ class MLP(nn.Module):
         output_dim: int,
         num_layers: int,
         sigmoid_output: bool = False,
+        *,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
@@ -36,12 +42,13 @@ class MLP(nn.Module):
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims_in, dims_out))
         self.sigmoid_output = sigmoid_output
+        self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < self.num_layers - 1:
-                x = torch.relu(x)
+                x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 

@@ -28,6 +28,7 @@ class SamConfig:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_global_attn_indexes", tuple(self.encoder_global_attn_indexes))
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.encoder_embed_dim % self.encoder_num_heads != 0:
@@ -66,7 +67,10 @@ SAM_CONFIGS: dict[str, SamConfig] = {
         (2, 5),
         image_size=256,
         window_size=8,
-        description="small ViT at 256 input for training from scratch and fast tests (~9M parameters)",
+        prompt_embed_dim=128,
+        decoder_mlp_dim=1024,
+        iou_head_hidden_dim=128,
+        description="small ViT at 256 input, narrow decoder: for training from scratch on a CPU and fast tests",
     ),
 }
 DEFAULT_SAM = "vit_h"  # what the official registry calls "default"

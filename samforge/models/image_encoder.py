@@ -67,11 +67,18 @@ class ImageEncoderViT(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches to tokens, ``B x C x H x W -> B x H/p x W/p x D``."""
+    """Patches to tokens, ``B x C x H x W -> B x H/s x W/s x D``.
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    Non-overlapping (stride = ``patch_size``) by default, as in SAM's ViT; SAM 2's Hiera uses overlapping
+    7x7 patches with stride 4 and padding 3.
+    """
+
+    def __init__(
+        self, patch_size: int, in_chans: int, embed_dim: int, stride: int | None = None, padding: int = 0
+    ) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        stride = patch_size if stride is None else stride
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)

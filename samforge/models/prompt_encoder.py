@@ -45,6 +45,12 @@ class PositionEmbeddingRandom(nn.Module):
 
 
 class PromptEncoder(nn.Module):
+    """Points and boxes to sparse tokens, a low-resolution mask to a dense embedding.
+
+    Point labels: -1 padding, 0 background, 1 foreground. With ``corner_labels=True`` (SAM 2) the point path
+    also takes 2 and 3 as the top-left and bottom-right corners of a box, which is how SAM 2 feeds boxes.
+    """
+
     def __init__(
         self,
         embed_dim: int,
@@ -52,8 +58,10 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        corner_labels: bool = False,
     ) -> None:
         super().__init__()
+        self.corner_labels = corner_labels
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
         self.image_embedding_size = image_embedding_size
@@ -90,6 +98,9 @@ class PromptEncoder(nn.Module):
         embedding = torch.where(labels == -1, self.not_a_point_embed.weight, embedding)
         embedding = embedding + torch.where(labels == 0, self.point_embeddings[0].weight, 0.0)
         embedding = embedding + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
+        if self.corner_labels:
+            embedding = embedding + torch.where(labels == 2, self.point_embeddings[2].weight, 0.0)
+            embedding = embedding + torch.where(labels == 3, self.point_embeddings[3].weight, 0.0)
         return embedding
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""The two-way transformer of SAM's mask decoder: prompt tokens and image tokens attend to each other."""
+"""The two-way transformer of SAM's mask decoder: prompt tokens and image tokens attend to each other.
+
+``variant="sam2"`` gives SAM 2's layout of the same network: the feed-forward block is an ``MLP`` stack
+(state-dict names ``mlp.layers.0/1``) and attention is the fused kernel in every precision, as in the
+official ``sam2`` (SAM v1's float32 path spells the softmax out, as the official ``segment_anything`` does).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.models.common import MLPBlock
+from typing import Literal
+
+from samforge.models.common import MLP, MLPBlock
+
+Variant = Literal["sam", "sam2"]
 
 
 class TwoWayTransformer(nn.Module):
@@ -20,8 +29,11 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        variant: Variant = "sam",
     ) -> None:
         super().__init__()
+        if variant not in ("sam", "sam2"):
+            raise ValueError(f"variant must be 'sam' or 'sam2', got {variant!r}")
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.num_heads = num_heads
@@ -34,10 +46,13 @@ class TwoWayTransformer(nn.Module):
                 activation=activation,
                 attention_downsample_rate=attention_downsample_rate,
                 skip_first_layer_pe=(i == 0),
+                variant=variant,
             )
             for i in range(depth)
         )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate, fused_fp32=variant == "sam2"
+        )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
@@ -66,16 +81,25 @@ class TwoWayAttentionBlock(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        variant: Variant = "sam",
     ) -> None:
         super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
+        fused = variant == "sam2"
+        self.self_attn = Attention(embedding_dim, num_heads, fused_fp32=fused)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate, fused_fp32=fused
+        )
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        if variant == "sam2":
+            self.mlp: nn.Module = MLP(embedding_dim, mlp_dim, embedding_dim, 2, activation=activation)
+        else:
+            self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate, fused_fp32=fused
+        )
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
@@ -99,32 +123,52 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose inner width can be ``embedding_dim / downsample_rate``."""
+    """Multi-head attention whose inner width can be ``embedding_dim / downsample_rate``.
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+    Keys and values may come from another width (``kv_in_dim``, SAM 2's memory attention). In float32 the
+    softmax is spelled out as in SAM v1's official code unless ``fused_fp32`` (SAM 2 uses the fused kernel
+    in every precision); other dtypes always use the fused kernel.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        downsample_rate: int = 1,
+        dropout: float = 0.0,
+        kv_in_dim: int | None = None,
+        fused_fp32: bool = False,
+    ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
+        self.kv_in_dim = embedding_dim if kv_in_dim is None else kv_in_dim
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
         if self.internal_dim % num_heads != 0:
             raise ValueError(f"internal dim {self.internal_dim} must be divisible by num_heads {num_heads}")
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
+        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.dropout_p = dropout
+        self.fused_fp32 = fused_fp32
 
     def _separate_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Heads-separated q, k, v -> ``B x N x internal_dim`` projected back to ``embedding_dim``."""
+        if q.dtype == torch.float32 and not self.fused_fp32:  # SAM v1's order of operations, bit for bit
+            attn = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        b, heads, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, heads * c))
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        if q.dtype == torch.float32:  # the official order of operations: bit-for-bit the same results
-            attn = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
-        b, heads, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, heads * c))
+        return self._attend(q, k, v)

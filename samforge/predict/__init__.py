@@ -1,6 +1,8 @@
-"""Prediction: SamPredictor, resizing transforms and input checks. Knows models only."""
+"""Prediction: SamPredictor, SAM2ImagePredictor, resizing transforms and input checks. Knows models only."""
 
 from samforge.predict.predictor import SamPredictor
+from samforge.predict.sam2_predictor import SAM2ImagePredictor
+from samforge.predict.sam2_transforms import SAM2Transforms
 from samforge.predict.transforms import ResizeLongestSide
 
-__all__ = ["ResizeLongestSide", "SamPredictor"]
+__all__ = ["ResizeLongestSide", "SAM2ImagePredictor", "SAM2Transforms", "SamPredictor"]

@@ -1,0 +1,250 @@
+"""Evaluate a SAM on a dataset of images with instance masks: every prompt protocol for every object.
+
+Each image is embedded once; then each object gets the single-shot protocols (centre point, random point,
+box, 3 points) and the interactive click loop. Results are kept per object, aggregated per image and over
+the dataset (means over objects), and written as ``metrics.json``, ``per_image.csv`` and ``best_worst.png``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from samforge.data.sample import Sample
+from samforge.evaluate.interactive import (
+    CLICKS_REPORTED,
+    MAX_CLICKS,
+    NOC_THRESHOLDS,
+    ClickTrace,
+    click_loops,
+    miou_at_clicks,
+)
+from samforge.evaluate.interactive import noc as noc_of
+from samforge.evaluate.metrics import iou_dice
+from samforge.evaluate.protocols import PROTOCOLS, PredictorLike, run_protocols_many
+from samforge.models.sam import Sam
+from samforge.predict.predictor import SamPredictor
+
+METRIC_PROTOCOLS: tuple[str, ...] = ("box", "center_point", "random_point", "points_3")  # metrics.json order
+NUM_EXTREMES = 4  # best and worst objects shown in best_worst.png
+NOC_KEYS: dict[str, float] = {f"noc{round(t * 100)}": t for t in NOC_THRESHOLDS}  # {"noc85": 0.85, "noc90": 0.9}
+
+
+class DatasetLike(Protocol):
+    """A sized, indexable collection of :class:`Sample` (e.g. ``SyntheticDataset`` or a list)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Sample: ...
+
+
+@dataclass
+class ObjectResult:
+    """One object's results: IoU and Dice per protocol, IoU after each interactive click, NoC per threshold."""
+
+    image_index: int
+    image_name: str
+    object_index: int
+    area: int
+    iou: dict[str, float]
+    dice: dict[str, float]
+    click_ious: list[float]
+    noc: dict[str, int]
+
+
+@dataclass
+class Case:
+    """A picture-worthy object for ``best_worst.png``: image, gt, the box protocol's mask and box, IoU."""
+
+    image: np.ndarray
+    gt: np.ndarray
+    pred: np.ndarray
+    box: np.ndarray | None
+    iou: float
+    title: str
+
+
+class _Extremes:
+    """Keeps the ``k`` highest- and ``k`` lowest-scored cases seen (ties: the earlier one first)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._best: list[tuple[float, int, Case]] = []  # min-heap on (score, -order): root = weakest best
+        self._worst: list[tuple[float, int, Case]] = []  # min-heap on (-score, -order): root = mildest worst
+        self._order = itertools.count()
+
+    def add(self, score: float, case: Case) -> None:
+        n = next(self._order)
+        for heap, key in ((self._best, score), (self._worst, -score)):
+            item = (key, -n, case)
+            if len(heap) < self.k:
+                heapq.heappush(heap, item)
+            elif item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+
+    def best(self) -> list[Case]:
+        return [c for _, _, c in sorted(self._best, key=lambda t: t[:2], reverse=True)]
+
+    def worst(self) -> list[Case]:
+        return [c for _, _, c in sorted(self._worst, key=lambda t: t[:2], reverse=True)]
+
+
+@dataclass
+class EvalResult:
+    """Everything :func:`evaluate_dataset` measured. ``skipped`` lists objects that could not be prompted."""
+
+    objects: list[ObjectResult]
+    image_names: list[str]
+    best: list[Case] = field(default_factory=list)
+    worst: list[Case] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_metrics_dict(self) -> dict[str, Any]:
+        """The stable ``metrics.json`` content: per protocol ``{"miou", "dice"}``, ``interactive``
+        (``miou_at_clicks`` at 1/2/3/5/9 clicks, ``noc85``, ``noc90``), ``num_objects``, ``num_images``;
+        all means over objects."""
+        if not self.objects:
+            raise ValueError("no object was evaluated: metrics need at least one object")
+        out: dict[str, Any] = {
+            p: {
+                "miou": float(np.mean([o.iou[p] for o in self.objects])),
+                "dice": float(np.mean([o.dice[p] for o in self.objects])),
+            }
+            for p in METRIC_PROTOCOLS
+        }
+        interactive: dict[str, Any] = {"miou_at_clicks": _miou_at_clicks(self.objects)}
+        for key in NOC_KEYS:
+            interactive[key] = float(np.mean([o.noc[key] for o in self.objects]))
+        out["interactive"] = interactive
+        out["num_objects"] = len(self.objects)
+        out["num_images"] = len(self.image_names)
+        return out
+
+    def per_image_rows(self) -> list[dict[str, Any]]:
+        """One row per evaluated image: name, number of objects, mean IoU/Dice per protocol, mean NoC
+        (metric cells are None for an image without a usable object)."""
+        by_image: dict[int, list[ObjectResult]] = {i: [] for i in range(len(self.image_names))}
+        for o in self.objects:
+            by_image[o.image_index].append(o)
+        rows = []
+        for i, name in enumerate(self.image_names):
+            objs = by_image[i]
+            row: dict[str, Any] = {"image": name, "num_objects": len(objs)}
+            for p in METRIC_PROTOCOLS:
+                row[f"{p}_iou"] = _mean([o.iou[p] for o in objs])
+                row[f"{p}_dice"] = _mean([o.dice[p] for o in objs])
+            for key in NOC_KEYS:
+                row[key] = _mean([o.noc[key] for o in objs])
+            rows.append(row)
+        return rows
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``metrics.json`` (atomically), ``per_image.csv`` and ``best_worst.png`` into ``out_dir``
+        (created if needed); returns their paths by name."""
+        from samforge.evaluate.report import write_report
+
+        return write_report(self, Path(out_dir))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _miou_at_clicks(objects: Sequence[ObjectResult]) -> dict[str, float]:
+    return miou_at_clicks([ClickTrace(ious=o.click_ious) for o in objects], CLICKS_REPORTED)
+
+
+def _as_predictor(model: Sam | PredictorLike) -> PredictorLike:
+    if isinstance(model, Sam):
+        return SamPredictor(model)
+    if callable(getattr(model, "set_image", None)) and callable(getattr(model, "predict", None)):
+        return model
+    raise TypeError(
+        f"model must be a samforge Sam or a predictor with set_image() and predict(), got {type(model).__name__}"
+    )
+
+
+def evaluate_image(
+    predictor: PredictorLike, sample: Sample, image_index: int, seed: int = 0
+) -> tuple[list[ObjectResult], list[tuple[float, Case]], list[str]]:
+    """Embed ``sample.image`` once and evaluate each of its objects. Returns the object results, the
+    (box IoU, case) pairs for the picture, and the objects skipped (empty masks) with the reason."""
+    skipped = [f"{sample.name}: object {k} has an empty mask (not evaluated)"
+               for k, gt in enumerate(sample.masks) if not gt.any()]
+    keep = [k for k, gt in enumerate(sample.masks) if gt.any()]
+    if not keep:
+        return [], [], skipped
+    predictor.set_image(sample.image)
+    gts = [sample.masks[k] for k in keep]
+    rngs = [np.random.default_rng([seed, image_index, k]) for k in keep]  # independent of order and max_images
+    preds = run_protocols_many(predictor, gts, rngs)
+    traces = click_loops(predictor, gts, max_clicks=MAX_CLICKS)
+    results, cases = [], []
+    for k, gt, pred, trace in zip(keep, gts, preds, traces):
+        scores = {p: iou_dice(pred[p].mask, gt) for p in PROTOCOLS}
+        results.append(ObjectResult(
+            image_index=image_index,
+            image_name=sample.name,
+            object_index=k,
+            area=int(gt.sum()),
+            iou={p: s[0] for p, s in scores.items()},
+            dice={p: s[1] for p, s in scores.items()},
+            click_ious=trace.ious,
+            noc={key: noc_of(trace.ious, t, MAX_CLICKS) for key, t in NOC_KEYS.items()},
+        ))
+        box_iou = scores["box"][0]
+        cases.append((box_iou, Case(sample.image, gt, pred["box"].mask, pred["box"].prompt.box, box_iou,
+                                    f"{sample.name} #{k}")))
+    return results, cases, skipped
+
+
+def evaluate_dataset(
+    model: Sam | PredictorLike,
+    dataset: DatasetLike,
+    seed: int = 0,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` (a Sam, or any predictor with SamPredictor's ``set_image``/``predict``) on the
+    first ``max_images`` images of ``dataset`` (all by default). ``seed`` fixes the random-point prompts.
+    A Sam is put in eval mode for the run and given back in the mode it came in."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(f"dataset must be sized and indexable (yielding Sample), got {type(dataset).__name__}")
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if n == 0:
+        raise ValueError("dataset is empty: nothing to evaluate")
+    predictor = _as_predictor(model)
+    was_training = isinstance(model, Sam) and model.training
+    if isinstance(model, Sam):
+        model.eval()
+    objects: list[ObjectResult] = []
+    names: list[str] = []
+    skipped: list[str] = []
+    extremes = _Extremes(NUM_EXTREMES)
+    try:
+        for i in tqdm(range(n), desc="evaluate", unit="img", disable=not progress):
+            sample = dataset[i]
+            if not isinstance(sample, Sample):
+                raise TypeError(f"dataset[{i}] must be a samforge Sample, got {type(sample).__name__}")
+            results, cases, bad = evaluate_image(predictor, sample, i, seed)
+            names.append(sample.name)
+            objects.extend(results)
+            skipped.extend(bad)
+            for score, case in cases:
+                extremes.add(score, case)
+    finally:
+        if was_training:
+            model.train()
+    if not objects:
+        raise ValueError(f"no object to evaluate in {n} image(s): every mask was empty")
+    return EvalResult(objects, names, extremes.best(), extremes.worst(), skipped)

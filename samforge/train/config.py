@@ -1,0 +1,138 @@
+"""Training configuration: dataclasses (the schema and defaults) merged with a YAML file and
+``key=value`` overrides by OmegaConf. The resolved config is saved into the run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    type: str = "vit_small"  # a registry name (vit_small, vit_b, ...)
+    checkpoint: Optional[str] = None  # start from these weights (official or samforge); None = random init
+    arch: dict = field(default_factory=dict)  # SamConfig fields replacing the named config's, e.g. {encoder_depth: 4}
+
+
+@dataclass
+class DataConfig:
+    train: str = "synthetic:2000:256"  # see samforge.data.readers.open_dataset
+    val: str = "synthetic:64:256:100000"  # held out: other seeds
+    images: Optional[str] = None  # image folder for COCO json
+    max_objects: int = 8  # objects (masks) per image per step
+    num_workers: int = 1
+
+
+@dataclass
+class PromptConfig:
+    box_prob: float = 0.5  # first prompt is a box with this probability, else one point
+    box_noise: float = 0.1  # std of box edge noise, fraction of the side
+    box_max_noise: float = 20.0  # px cap on the box noise
+    correction_rounds: int = 2  # rounds adding a click from the error region + previous logits as mask input
+    mask_only_rounds: int = 1  # rounds with previous logits and no new click
+
+
+@dataclass
+class LossConfig:
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    resolution: str = "input"  # input: logits upsampled to the model input (as SAM); low_res: targets downsampled
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | step | constant
+    min_lr_ratio: float = 0.05  # cosine floor, fraction of lr
+    step_milestones: tuple = (0.66, 0.9)  # fractions of steps (schedule=step)
+    step_gamma: float = 0.1
+    grad_clip: float = 1.0  # 0 = off
+    accumulate: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    steps: int = 2000
+    batch_size: int = 8  # images per micro-batch (per process)
+    precision: str = "auto"  # auto (bf16 where the hardware runs it fast, else fp32) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 200
+    val_images: int = 64  # images of data.val used by in-training validation
+    checkpoint_every: int = 100
+    eval_at_end: bool = True  # full evaluation (all protocols) on data.val into eval/
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML file (a path, or the name of a preset in samforge/train/presets) <- ``key=value``
+    overrides; unknown keys and wrong types are errors."""
+    cfg = OmegaConf.structured(TrainConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file() and str(path) in preset_names():
+            path = PRESETS / f"{path}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(preset_names())})")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except Exception as e:  # OmegaConf raises its own error types for unknown keys / bad values
+            raise ValueError(f"bad config file {path}: {e}") from e
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must be key=value (e.g. optim.lr=1e-4), got {bad}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as e:
+            raise ValueError(f"bad override in {overrides}: {e}") from e
+    obj: TrainConfig = OmegaConf.to_object(cfg)
+    validate_config(obj)
+    return obj
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
+        (0.0 <= cfg.prompts.box_prob <= 1.0, f"prompts.box_prob must be in [0, 1], got {cfg.prompts.box_prob}"),
+        (cfg.optim.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine|step|constant, got {cfg.optim.schedule!r}"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
+        (cfg.optim.accumulate >= 1, f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}"),
+        (cfg.loss.resolution in ("input", "low_res"), f"loss.resolution must be input or low_res, got {cfg.loss.resolution!r}"),
+        (cfg.data.max_objects >= 1, f"data.max_objects must be >= 1, got {cfg.data.max_objects}"),
+        (cfg.log_every >= 1 and cfg.val_every >= 1 and cfg.checkpoint_every >= 1, "log_every, val_every and checkpoint_every must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,282 @@
+"""The training loop, top to bottom: data, model, optimizer, resume, steps, validation, checkpoints, and a
+final evaluation. Runs as one process or under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
+
+Run folder: ``config.yaml``, ``checkpoints/{last,best}.pt``, ``metrics.jsonl``, ``curves.png``, ``overlays/``,
+``eval/`` (metrics.json, per_image.csv, best_worst.png).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from samforge.data.readers import open_dataset, summarize_bad_samples
+from samforge.data.sampler import ResumableSampler
+from samforge.models.build import build_sam, resolve_sam_config
+from samforge.train.batches import TrainingSamples, collate_samples
+from samforge.train.checkpoint import load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
+from samforge.train.config import TrainConfig, config_to_dict, config_to_yaml
+from samforge.train.losses import SamLoss
+from samforge.train.optim import build_optimizer, build_scheduler
+from samforge.train.plots import plot_curves, read_metrics, save_val_overlays
+from samforge.train.step import TrainingForward
+from samforge.train.validate import validate
+from samforge.utils.atomic import atomic_write_bytes
+
+RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed")
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` picks bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast_cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if fast_cpu_bf16 else "fp32"
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per logged step and per validation (rank 0 writes)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint, so the run continues where it was saved."""
+        if self.enabled and self.path.is_file():
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= step]
+            atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    out: Path  # the run folder
+    model: torch.nn.Module  # the trained model (this process's copy)
+    step: int  # optimizer steps done (less than cfg.steps when stopped by max_minutes)
+
+
+def train(cfg: TrainConfig) -> TrainOutcome:
+    """Train as ``cfg`` says; resume from ``<out>/checkpoints/last.pt`` when it exists."""
+    # -- processes and devices
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    main_process = rank == 0
+    precision = resolve_precision(cfg.precision, device)
+    autocast = autocast_for(precision, device)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if main_process:
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- data
+    train_data = open_dataset(cfg.data.train, cfg.data.images)
+    val_data = open_dataset(cfg.data.val, cfg.data.images)
+    if main_process:
+        for name, data in (("train", train_data), ("val", val_data)):
+            print(f"{name} data: {cfg.data.train if name == 'train' else cfg.data.val}: {len(data)} images")
+            if data.bad_samples:
+                print(summarize_bad_samples(data))
+
+    # -- model, optimizer, schedule
+    torch.manual_seed(cfg.seed)
+    model_name, sam_config = resolve_sam_config(cfg.model.type)
+    if cfg.model.arch:
+        try:
+            sam_config = dataclasses.replace(sam_config, **cfg.model.arch)
+        except TypeError as e:
+            raise ValueError(f"model.arch has a field SamConfig does not know: {e}") from e
+        model_name = f"{model_name}+arch"
+    model = build_sam(sam_config, cfg.model.checkpoint, device=device)
+    model.train()
+    image_size = sam_config.image_size
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
+    loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou)
+    step, best = 0, -1.0
+
+    # -- resume
+    last = ckpt_dir / "last.pt"
+    metrics = MetricsLog(out / "metrics.jsonl", main_process)
+    if last.is_file():
+        ckpt = load_training_checkpoint(last)
+        saved = ckpt["config"]
+        now = config_to_dict(cfg)
+        changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != now.get(k)]
+        if changed:
+            raise ValueError(f"{out} holds a run with different {changed}; use another out folder to start a new run")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, best = int(ckpt["step"]), float(ckpt["best"])
+        set_rng_state(ckpt["rng"])
+        metrics.truncate_after(step)
+        if main_process:
+            print(f"resuming {out} from step {step}")
+    elif main_process:
+        atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
+
+    forward = TrainingForward(model)
+    if distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True)
+
+    samples_per_step = cfg.batch_size * cfg.optim.accumulate * world
+    sampler = ResumableSampler(len(train_data), cfg.seed, start=step * samples_per_step, rank=rank, world_size=world)
+    loader = torch.utils.data.DataLoader(
+        TrainingSamples(train_data, image_size, cfg.data.max_objects, cfg.seed),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=collate_samples,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+    )
+    batches = iter(loader)
+    val_samples = TrainingSamples(val_data, image_size, max_objects=10_000, seed=cfg.seed)
+    val_count = min(cfg.val_images, len(val_data))
+    val_batches = [collate_samples([val_samples[i] for i in range(j, min(j + cfg.batch_size, val_count))])
+                   for j in range(0, val_count, cfg.batch_size)]
+    overlay_samples = [val_data[i] for i in range(min(4, len(val_data)))]
+
+    if main_process:
+        print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
+              f"{precision}, {world} process(es), {samples_per_step} images per step")
+    progress = tqdm(total=cfg.steps, initial=step, desc="train", disable=not main_process, dynamic_ncols=True)
+    start_time = time.perf_counter()
+    data_time = compute_time = 0.0
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        stats: dict[str, float] = {}
+        for micro in range(cfg.optim.accumulate):
+            t_data = time.perf_counter()
+            batch = next(batches)
+            data_time += time.perf_counter() - t_data
+            rng = np.random.default_rng([cfg.seed, step, micro, rank])
+            last_micro = micro == cfg.optim.accumulate - 1
+            sync = contextlib.nullcontext() if (not distributed or last_micro) else forward.no_sync()
+            with sync:
+                with autocast:
+                    out_step = forward(batch, cfg.prompts, loss_fn, rng, cfg.loss.resolution)
+                (out_step["loss"] / cfg.optim.accumulate).backward()
+            for k, v in out_step.items():
+                stats[k] = stats.get(k, 0.0) + float(v.detach()) / cfg.optim.accumulate
+        if cfg.optim.grad_clip > 0:
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        compute_time += time.perf_counter() - t0
+        progress.update(1)
+        progress.set_postfix(loss=f"{stats['loss']:.3f}", miou=f"{stats['miou_last_round']:.2f}")
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
+                           "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / cfg.log_every, 4),
+                           "data_frac": round(data_time / max(compute_time, 1e-9), 4)})
+            data_time = compute_time = 0.0
+        out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - start_time) / 60 > cfg.max_minutes
+        if distributed:  # every rank must agree to stop
+            flag = torch.tensor([float(out_of_time)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        finished = step == cfg.steps or out_of_time
+        if main_process and (step % cfg.val_every == 0 or finished):
+            val = validate(model, val_batches, loss_fn, autocast)
+            metrics.write({"step": step, "split": "val", **{k: round(v, 6) for k, v in val.items()}})
+            save_val_overlays(model, overlay_samples, out / "overlays" / f"val_step{step:06d}.png")
+            plot_curves(out / "metrics.jsonl", out / "curves.png")
+            progress.write(f"step {step}: val loss {val['loss']:.4f}, box mIoU {val['box_miou']:.3f}, "
+                           f"centre-point mIoU {val['point_miou']:.3f}")
+            if val["box_miou"] > best:
+                best = val["box_miou"]
+                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, step, best, cfg, model_name)
+        if main_process and (step % cfg.checkpoint_every == 0 or finished):
+            save_checkpoint(last, model, optimizer, scheduler, step, best, cfg, model_name)
+        if out_of_time:
+            if main_process:
+                progress.write(f"stopping after {cfg.max_minutes} minutes at step {step}; rerun to continue")
+            break
+    progress.close()
+
+    if main_process and cfg.eval_at_end and step == cfg.steps:
+        from samforge.evaluate.evaluator import evaluate_dataset
+        from samforge.evaluate.report import format_table
+
+        model.eval()
+        result = evaluate_dataset(model, _Subset(val_data, cfg.val_images), seed=cfg.seed)
+        result.write(out / "eval")
+        print(format_table(result.to_metrics_dict()))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainOutcome(out, model, step)
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: float, cfg: TrainConfig,
+                    model_name: str) -> None:
+    save_training_checkpoint(
+        path,
+        model=model.state_dict(),
+        sam_config=model.config.to_dict(),
+        model_type=model_name,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        step=step,
+        best=best,
+        rng=rng_state(),
+        config=config_to_dict(cfg),
+    )
+
+
+class _Subset:
+    """The first ``n`` samples of a dataset."""
+
+    def __init__(self, data, n: int) -> None:
+        self.data, self.n = data, min(n, len(data))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.data[i]

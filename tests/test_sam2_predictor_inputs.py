@@ -1,0 +1,158 @@
+"""SAM2ImagePredictor: what it returns, and how it refuses bad input (a shrunk model: logic, not size)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sam2_oracle import SMALL_OVERRIDES, one_thread
+
+from samforge import SAM2ImagePredictor, build_sam, build_sam2
+from samforge.predict.checks import ImageNotSetError
+
+H, W = 60, 80
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_sam2("sam2.1_hiera_t", device="cpu", hydra_overrides_extra=list(SMALL_OVERRIDES))
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predictor(model, image):
+    p = SAM2ImagePredictor(model)
+    p.set_image(image)
+    return p
+
+
+POINT = dict(point_coords=np.array([[10.0, 20.0]]), point_labels=np.array([1]))
+
+
+def test_outputs_shapes_and_dtypes(predictor):
+    masks, iou, low_res = predictor.predict(**POINT)
+    assert (masks.shape, iou.shape, low_res.shape) == ((3, H, W), (3,), (3, 64, 64))
+    assert masks.dtype == iou.dtype == low_res.dtype == np.float32
+    assert set(np.unique(masks)) <= {0.0, 1.0}
+    assert low_res.min() >= -32 and low_res.max() <= 32
+    masks, iou, low_res = predictor.predict(box=np.array([[1, 2, 30, 40], [5, 5, 60, 50]]), multimask_output=False)
+    assert (masks.shape, iou.shape, low_res.shape) == ((2, 1, H, W), (2, 1), (2, 1, 64, 64))
+    assert predictor.get_image_embedding().shape == (1, 256, 16, 16)
+
+
+def test_pil_image_is_the_same_as_numpy(model, image, predictor):
+    p = SAM2ImagePredictor(model)
+    p.set_image(Image.fromarray(image))
+    assert torch.equal(p.get_image_embedding(), predictor.get_image_embedding())
+    with pytest.raises(ValueError, match="HxWx3"):
+        p.set_image(Image.fromarray(image[..., 0]))
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ([[1, 2, 3]], TypeError, "numpy array HxWx3 uint8 or a PIL image"),
+        (np.zeros((H, W), np.uint8), ValueError, "shape HxWx3"),
+        (np.zeros((H, W, 4), np.uint8), ValueError, "shape HxWx3"),
+        (np.zeros((H, W, 3), np.float32), ValueError, "dtype uint8"),
+    ],
+    ids=["list", "2d", "4-channels", "float"],
+)
+def test_bad_images(model, bad, error, match):
+    with pytest.raises(error, match=match):
+        SAM2ImagePredictor(model).set_image(bad)
+
+
+def test_nothing_set(model):
+    p = SAM2ImagePredictor(model)
+    for call in (lambda: p.predict(**POINT), lambda: p.predict_batch(), p.get_image_embedding):
+        with pytest.raises(ImageNotSetError, match="must be set"):
+            call()
+    assert issubclass(ImageNotSetError, RuntimeError)  # what the official predictor raises
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(point_coords=np.array([[1.0, 2.0]])), "point_labels must be supplied"),
+        (dict(point_labels=np.array([1])), "point_labels were given without point_coords"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([1, 0])), "point_labels must have shape (1,)"),
+        (dict(point_coords=np.array([1.0, 2.0]), point_labels=np.array([1])), "point_coords must have shape Nx2"),
+        (dict(point_coords=np.zeros((1, 3)), point_labels=np.array([1])), "point_coords must have shape Nx2"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([5])), "point_labels must be 1"),
+        (dict(point_coords=np.array([[W + 1.0, 2.0]]), point_labels=np.array([1])), "inside the image"),
+        (dict(point_coords=np.array([[np.nan, 2.0]]), point_labels=np.array([1])), "finite"),
+        (dict(point_coords=np.array([[10.0, 2.0]]), point_labels=np.array([1]), normalize_coords=False),
+         "inside the image (0 <= x <= 1, 0 <= y <= 1)"),
+        (dict(box=np.array([1.0, 2.0, 3.0])), "box must have shape (4,) or Bx4"),
+        (dict(box=np.zeros((2, 2, 2))), "box must have shape (4,) or Bx4"),
+        (dict(box=np.array([30.0, 2.0, 3.0, 40.0])), "x0 <= x1 and y0 <= y1"),
+        (dict(box=np.array([[1, 2, 30, 40], [5, 5, 60, 50]]), **POINT), "same batch size"),
+        (dict(mask_input=np.zeros((1, 256, 256), np.float32)), "mask_input must have shape (1, 64, 64)"),
+        (dict(mask_input=np.zeros((64, 64), np.float32)), "mask_input must have shape (1, 64, 64)"),
+        (dict(mask_input=np.zeros((3, 1, 64, 64), np.float32), box=np.array([[1, 2, 30, 40]] * 2)), "3 masks"),
+    ],
+    ids=["coords-without-labels", "labels-without-coords", "labels-shape", "coords-1d", "coords-3-values",
+         "label-5", "point-outside", "point-nan", "normalized-outside", "box-3-values", "box-3d", "box-swapped",
+         "box-and-points-batch", "mask-wrong-size", "mask-2d", "mask-batch"],
+)
+def test_bad_prompts(predictor, kwargs, match):
+    with pytest.raises(ValueError) as e:
+        predictor.predict(**kwargs)
+    assert match in str(e.value)
+
+
+def test_mask_input_type(predictor):
+    with pytest.raises(TypeError, match="mask_input must be an array"):
+        predictor.predict(mask_input=[[0.0]])
+
+
+def test_batch_calls(model, image):
+    p = SAM2ImagePredictor(model)
+    with pytest.raises(TypeError, match="list"):
+        p.set_image_batch(image)
+    with pytest.raises(ValueError, match="at least one image"):
+        p.set_image_batch([])
+    with pytest.raises(ValueError, match="dtype uint8"):
+        p.set_image_batch([image, image.astype(np.float32)])
+    p.set_image(image)
+    with pytest.raises(ValueError, match="set_image_batch"):
+        p.predict_batch()
+    p.set_image_batch([image, image[:30]])
+    with pytest.raises(ValueError, match="use predict_batch"):
+        p.predict(**POINT)
+    with pytest.raises(ValueError, match="one entry per image"):
+        p.predict_batch(point_coords_batch=[POINT["point_coords"]], point_labels_batch=[POINT["point_labels"]])
+    masks, ious, low_res = p.predict_batch(box_batch=[np.array([1, 2, 30, 20]), None])
+    assert [m.shape for m in masks] == [(3, H, W), (3, 30, W)] and len(ious) == len(low_res) == 2
+    p.reset_predictor()
+    with pytest.raises(ImageNotSetError):
+        p.predict_batch()
+
+
+def test_constructor_checks(model):
+    with pytest.raises(TypeError, match="SAM2Base"):
+        SAM2ImagePredictor(build_sam("vit_small"))
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        SAM2ImagePredictor(model, mask_treshold=0.5)
+
+
+def test_hole_filling_is_skipped_with_a_warning(model, image, predictor):
+    p = SAM2ImagePredictor(model, max_hole_area=8.0)
+    p.set_image(image)
+    with pytest.warns(UserWarning, match="connected components"):
+        filled = p.predict(**POINT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = predictor.predict(**POINT)
+    for a, b in zip(filled, plain):
+        assert np.array_equal(a, b)

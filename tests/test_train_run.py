@@ -63,6 +63,15 @@ def test_short_run_loss_falls_and_writes_the_run_folder(tmp_path):
     model = load_sam(out / "checkpoints" / "last.pt")
     assert model.image_encoder.img_size == 64
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), outcome.model.state_dict().values()))
+    # ... and `samforge predict` takes it without --model-type
+    from samforge.cli.main import main
+    from samforge.data.synthetic import make_scene
+    from samforge.utils.atomic import save_png
+
+    save_png(make_scene(5, image_size=(48, 80)).image, tmp_path / "img.png")
+    code = main(["predict", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--image", str(tmp_path / "img.png"),
+                 "--box", "5,5,40,30", "--out", str(tmp_path / "pred")])
+    assert code == 0 and (tmp_path / "pred" / "overlay.png").is_file()
 
 
 def test_resume_refuses_a_different_run(tmp_path):

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from samforge.models.build import build_sam
+from samforge.models.build import build_sam, load_sam
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base, build_sam2
@@ -18,11 +18,11 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
         "--model",
         dest="model_type",
         default=default_model,
-        required=default_model is None,
         choices=["default", *SAM_CONFIGS, *SAM2_CONFIGS],
         metavar="MODEL",
         help="model configuration: SAM (vit_h, vit_l, vit_b, vit_small; default = vit_h, as in segment_anything) "
-        "or SAM 2 (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; sam2_hiera_* likewise)",
+        "or SAM 2 (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; sam2_hiera_* likewise). "
+        "Optional with a samforge training checkpoint, which records its model",
     )
     parser.add_argument(
         "--checkpoint", default=None, help="weights file (.pth/.pt official SAM or SAM 2, or samforge; .safetensors)"
@@ -32,7 +32,10 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
 
 
 def load_model(args: argparse.Namespace) -> Sam | SAM2Base:
-    """Build the model named by the flags; without a checkpoint, say plainly that weights are random."""
+    """Build the model named by the flags; without a checkpoint, say plainly that weights are random.
+    SAM checkpoints go through ``load_sam``: samforge training checkpoints need no ``--model-type``."""
+    if args.checkpoint is None and args.model_type is None:
+        raise ValueError("give --model-type (random weights), or --checkpoint (and --model-type for official files)")
     if args.checkpoint is None:
         print(
             f"WARNING: no --checkpoint given: {args.model_type} has RANDOM weights (seed {args.seed}); "
@@ -45,7 +48,9 @@ def load_model(args: argparse.Namespace) -> Sam | SAM2Base:
         raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
     if args.model_type in SAM2_CONFIGS:
         return build_sam2(args.model_type, args.checkpoint, device=device)
-    return build_sam(args.model_type, args.checkpoint, device=device)
+    if args.checkpoint is None:
+        return build_sam(args.model_type, device=device)
+    return load_sam(args.checkpoint, args.model_type, device=device)
 
 
 def parse_floats(text: str, count: tuple[int, ...], name: str) -> list[float]:

@@ -69,7 +69,7 @@ class TrainConfig:
     val_every: int = 200
     val_images: int = 64  # images of data.val used by in-training validation
     checkpoint_every: int = 100
-    eval_at_end: bool = True  # full evaluation (all protocols) on data.val into eval/
+    eval_at_end: bool = True  # full evaluation (all protocols) on data.val into eval/ when the run stops
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

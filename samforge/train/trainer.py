@@ -170,11 +170,13 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
     )
     batches = iter(loader)
-    val_samples = TrainingSamples(val_data, image_size, max_objects=10_000, seed=cfg.seed)
-    val_count = min(cfg.val_images, len(val_data))
-    val_batches = [collate_samples([val_samples[i] for i in range(j, min(j + cfg.batch_size, val_count))])
-                   for j in range(0, val_count, cfg.batch_size)]
-    overlay_samples = [val_data[i] for i in range(min(4, len(val_data)))]
+    val_batches, overlay_samples = [], []
+    if main_process:  # validation runs on rank 0 only
+        val_samples = TrainingSamples(val_data, image_size, max_objects=10_000, seed=cfg.seed)
+        val_count = min(cfg.val_images, len(val_data))
+        val_batches = [collate_samples([val_samples[i] for i in range(j, min(j + cfg.batch_size, val_count))])
+                       for j in range(0, val_count, cfg.batch_size)]
+        overlay_samples = [val_data[i] for i in range(min(4, len(val_data)))]
 
     if main_process:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
@@ -237,12 +239,12 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             break
     progress.close()
 
-    if main_process and cfg.eval_at_end and step == cfg.steps:
+    if main_process and cfg.eval_at_end:  # also after a max_minutes stop: eval/ shows the latest weights
         from samforge.evaluate.evaluator import evaluate_dataset
         from samforge.evaluate.report import format_table
 
         model.eval()
-        result = evaluate_dataset(model, _Subset(val_data, cfg.val_images), seed=cfg.seed)
+        result = evaluate_dataset(model, val_data, seed=cfg.seed, max_images=cfg.val_images)
         result.write(out / "eval")
         print(format_table(result.to_metrics_dict()))
     if distributed:
@@ -265,18 +267,3 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: fl
         rng=rng_state(),
         config=config_to_dict(cfg),
     )
-
-
-class _Subset:
-    """The first ``n`` samples of a dataset."""
-
-    def __init__(self, data, n: int) -> None:
-        self.data, self.n = data, min(n, len(data))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.data[i]

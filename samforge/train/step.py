@@ -76,6 +76,7 @@ def training_losses(
     gts_np = gts.cpu().numpy()
     coords, labels, boxes = initial_prompts(gts_np, cfg, rng, batch["input_hw"], image_index.numpy())
     mask_input = None
+    pred_np: np.ndarray | None = None  # this round's masks, for the next round's correction clicks
     rounds = [True] + [True] * cfg.correction_rounds + [False] * cfg.mask_only_rounds  # add a click?
     losses = []
     for r, new_click in enumerate(rounds):

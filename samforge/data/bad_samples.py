@@ -35,13 +35,17 @@ def raise_if_no_samples(source: object, num_good: int, bad: Sequence[BadSample],
 def summarize_bad_samples(dataset: object, limit: int = MAX_LISTED) -> str:
     """A short report of what a dataset skipped at open: how many, and the first ``limit`` reasons.
 
-    Works with any dataset that has ``bad_samples`` (and optionally ``dropped_objects``)."""
+    Works with any dataset that has ``bad_samples`` (and optionally ``dropped_objects``,
+    ``skipped_empty_slices``)."""
     bad = list(getattr(dataset, "bad_samples", []))
     dropped = int(getattr(dataset, "dropped_objects", 0))
     n = len(dataset)  # type: ignore[arg-type]
     head = f"{n} samples usable, {len(bad)} bad sample{'' if len(bad) == 1 else 's'} skipped"
     if dropped:
         head += f", {dropped} empty object{'' if dropped == 1 else 's'} dropped"
+    empty_slices = int(getattr(dataset, "skipped_empty_slices", 0))
+    if empty_slices:
+        head += f", {empty_slices} slice{'' if empty_slices == 1 else 's'} without objects skipped"
     return "\n".join([head] + _listing(bad, limit))
 
 

@@ -6,8 +6,14 @@ Accepted forms of ``spec``:
   ``HxW``): the built-in synthetic scenes ``SEED .. SEED+N-1``, served on the fly (default N = 64,
   SIZE = 256, SEED = 0). Use another SEED range for held-out scenes. Write ``./synthetic`` for a folder
   of that name.
+* ``synthetic-medical`` with the same ``:N:SIZE:SEED`` suffixes: grey, low-contrast medical-like slices
+  with abutting organs (:func:`~samforge.data.synthetic_medical.make_medical_scene`), on the fly.
 * a ``.json`` file: COCO instances (``images`` names the image folder; default: the JSON's folder),
 * a ``.npz`` file, or a folder holding ``.npz`` files: MedSAM's format,
+* a folder whose ``images/`` holds ``.nii`` / ``.nii.gz`` volumes, with ``labels/`` (or ``masks/``): NIfTI
+  volumes sliced along axis 2 with percentile intensity normalisation (the defaults of
+  :class:`~samforge.data.nifti_dataset.NiftiDataset`; for CT windowing, another axis or a subset of
+  labels, construct ``NiftiDataset`` directly),
 * a folder with ``images/`` and ``masks/`` (or ``labels/``): images with label maps or per-object PNGs.
 
 Every dataset has ``__len__``, ``__getitem__(i) -> Sample``, ``names`` and ``bad_samples``.
@@ -22,32 +28,38 @@ from pathlib import Path
 from samforge.data.bad_samples import summarize_bad_samples
 from samforge.data.coco_dataset import CocoDataset
 from samforge.data.mask_folder import MASK_DIR_NAMES, MaskFolderDataset
+from samforge.data.nifti_dataset import NiftiDataset, nifti_files
 from samforge.data.npz_dataset import NpzDataset
 from samforge.data.synthetic_dataset import SyntheticDataset
 
-__all__ = ["CocoDataset", "MaskFolderDataset", "NpzDataset", "SyntheticDataset", "open_dataset",
+__all__ = ["CocoDataset", "MaskFolderDataset", "NiftiDataset", "NpzDataset", "SyntheticDataset", "open_dataset",
            "summarize_bad_samples"]
 
 SYNTHETIC_DEFAULT_N = 64
 SYNTHETIC_DEFAULT_SIZE = 256
 ACCEPTED_FORMS = ("'synthetic', 'synthetic:N', 'synthetic:N:SIZE' or 'synthetic:N:SIZE:SEED' (SIZE = H or HxW); "
+                  "'synthetic-medical' with the same suffixes; "
                   "a COCO .json file; "
-                  "a .npz file or a folder of .npz files; a folder with images/ and masks/ (or labels/)")
-_SYNTHETIC = re.compile(r"synthetic(?::(\d+)(?::(\d+)(?:x(\d+))?(?::(\d+))?)?)?")
+                  "a .npz file or a folder of .npz files; "
+                  "a folder with images/ of .nii/.nii.gz volumes and labels/ (or masks/); "
+                  "a folder with images/ and masks/ (or labels/)")
+_SYNTHETIC = re.compile(r"synthetic(-medical)?(?::(\d+)(?::(\d+)(?:x(\d+))?(?::(\d+))?)?)?")
+_SYNTHETIC_PREFIXES = ("synthetic", "synthetic-medical")
 
-Dataset = CocoDataset | MaskFolderDataset | NpzDataset | SyntheticDataset
+Dataset = CocoDataset | MaskFolderDataset | NiftiDataset | NpzDataset | SyntheticDataset
 
 
 def _synthetic(spec: str) -> SyntheticDataset:
     m = _SYNTHETIC.fullmatch(spec)
     if m is None:
         raise ValueError(f"bad synthetic dataset spec {spec!r}: expected {ACCEPTED_FORMS}")
-    n = int(m[1]) if m[1] else SYNTHETIC_DEFAULT_N
-    h = int(m[2]) if m[2] else SYNTHETIC_DEFAULT_SIZE
-    w = int(m[3]) if m[3] else h
+    n = int(m[2]) if m[2] else SYNTHETIC_DEFAULT_N
+    h = int(m[3]) if m[3] else SYNTHETIC_DEFAULT_SIZE
+    w = int(m[4]) if m[4] else h
     if n < 1 or min(h, w) < 32:
         raise ValueError(f"bad synthetic dataset spec {spec!r}: N must be >= 1 and the size >= 32")
-    return SyntheticDataset(n, image_size=(h, w), seed=int(m[4]) if m[4] else 0)
+    return SyntheticDataset(n, image_size=(h, w), seed=int(m[5]) if m[5] else 0,
+                            kind="medical" if m[1] else "default")
 
 
 def open_dataset(spec: str | os.PathLike, images: str | os.PathLike | None = None) -> Dataset:
@@ -57,7 +69,7 @@ def open_dataset(spec: str | os.PathLike, images: str | os.PathLike | None = Non
     it cannot read (an unknown form, or a dataset whose samples are all bad)."""
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"dataset spec must be a str or path, got {type(spec).__name__}")
-    if isinstance(spec, str) and (spec == "synthetic" or spec.startswith("synthetic:")):
+    if isinstance(spec, str) and any(spec == p or spec.startswith(p + ":") for p in _SYNTHETIC_PREFIXES):
         if images is not None:
             raise ValueError(f"images={images!s} only applies to a COCO .json dataset, not {spec!r}")
         return _synthetic(spec)
@@ -72,6 +84,8 @@ def open_dataset(spec: str | os.PathLike, images: str | os.PathLike | None = Non
     if path.is_file() and suffix == ".npz":
         return NpzDataset(path)
     if path.is_dir():
+        if (path / "images").is_dir() and nifti_files(path / "images"):
+            return NiftiDataset(path)
         if (path / "images").is_dir() and any((path / n).is_dir() for n in MASK_DIR_NAMES):
             return MaskFolderDataset(path)
         if next(path.rglob("*.npz"), None) is not None:

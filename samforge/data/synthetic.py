@@ -36,7 +36,7 @@ class SyntheticScene:
 
     image: np.ndarray  # HxWx3 uint8
     masks: np.ndarray  # KxHxW bool, pairwise disjoint, each non-empty
-    shapes: list  # K shape kinds, one of SHAPE_KINDS each
+    shapes: list  # K shape kinds: one of SHAPE_KINDS each ("organ" for make_medical_scene)
 
 
 def _is_int(x: object) -> bool:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 @dataclass
 class ModelConfig:
-    type: str = "vit_small"  # a registry name (vit_small, vit_b, ...)
+    type: str = "vit_small"  # a registry name (vit_small, vit_b, ...), or "checkpoint": the one a samforge checkpoint records
     checkpoint: Optional[str] = None  # start from these weights (official or samforge); None = random init
     arch: dict = field(default_factory=dict)  # SamConfig fields replacing the named config's, e.g. {encoder_depth: 4}
 
@@ -58,6 +58,18 @@ class OptimConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    mode: str = "full"  # full: every weight trains | decoder: encoders frozen | lora: adapters (+ decoder)
+    rank: int = 4  # lora: rank r of the adapters
+    alpha: float = 4.0  # lora: scaling alpha (updates are multiplied by alpha / r)
+    lora_decoder: bool = False  # lora: adapters on the mask decoder's attention too
+    train_decoder: bool = True  # lora: the mask decoder trains along with the adapters
+    layer_decay: float = 1.0  # full: learning-rate multiplier per encoder block from the top (1 = off)
+    cache_embeddings: bool = True  # decoder: keep image embeddings on disk, computed once per image
+    cache_dir: Optional[str] = None  # decoder: where (default <out>/embedding_cache)
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/train"
     steps: int = 2000
@@ -76,6 +88,7 @@ class TrainConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 PRESETS = Path(__file__).parent / "presets"
@@ -123,6 +136,13 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.optim.accumulate >= 1, f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}"),
         (cfg.loss.resolution in ("input", "low_res"), f"loss.resolution must be input or low_res, got {cfg.loss.resolution!r}"),
         (cfg.data.max_objects >= 1, f"data.max_objects must be >= 1, got {cfg.data.max_objects}"),
+        (cfg.finetune.mode in ("full", "decoder", "lora"),
+         f"finetune.mode must be full, decoder or lora, got {cfg.finetune.mode!r}"),
+        (cfg.finetune.rank > 0, f"finetune.rank (LoRA rank) must be > 0, got {cfg.finetune.rank}"),
+        (cfg.finetune.alpha > 0, f"finetune.alpha (LoRA alpha) must be > 0, got {cfg.finetune.alpha}"),
+        (0 < cfg.finetune.layer_decay <= 1, f"finetune.layer_decay must be in (0, 1], got {cfg.finetune.layer_decay}"),
+        (cfg.model.type != "checkpoint" or cfg.model.checkpoint is not None,
+         "model.type=checkpoint needs model.checkpoint (a samforge checkpoint that records its model)"),
         (cfg.log_every >= 1 and cfg.val_every >= 1 and cfg.checkpoint_every >= 1, "log_every, val_every and checkpoint_every must be >= 1"),
     ]
     for ok, message in checks:

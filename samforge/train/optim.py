@@ -11,18 +11,24 @@ from torch import nn
 from samforge.train.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[int, float] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. ``lr_scales``: ``id(parameter) -> multiplier`` of the learning
+    rate (layer-wise decay); parameters are grouped by (weight decay, multiplier)."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_table = p.ndim < 2 or id(p) in tables or "pos_embed" in name or "rel_pos" in name
-        (no_decay if is_table else decay).append(p)
-    if not decay and not no_decay:
+        scale = 1.0 if lr_scales is None else lr_scales.get(id(p), 1.0)
+        groups.setdefault((not is_table, scale), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameter")
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    param_groups = [
+        {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
+    ]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:

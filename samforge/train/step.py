@@ -3,6 +3,8 @@ several interactive rounds (first prompt, correction clicks, mask-only), and sum
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,9 +56,11 @@ def training_losses(
     loss_fn: SamLoss,
     rng: np.random.Generator,
     loss_resolution: str = "input",
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward pass and losses of one micro-batch (call under autocast for bf16). ``loss`` is the mean over
-    rounds; the other entries are detached statistics of the last round.
+    rounds; the other entries are detached statistics of the last round. ``embed``: images -> embeddings
+    in place of the model's image encoder (e.g. an ``EmbeddingCache`` when the encoder is frozen).
 
     ``loss_resolution``: ``input`` compares logits upsampled to the input size with the masks (as SAM);
     ``low_res`` compares the low-res logits with area-downsampled (soft) masks, ~15x cheaper per round."""
@@ -67,7 +71,8 @@ def training_losses(
     if len(gts) == 0:
         raise ValueError(f"no object to train on in this batch ({batch['names']})")
     size = images.shape[-1]
-    embeddings = model.image_encoder(images)[image_index.to(device)]  # one encoder pass per image
+    encoder = model.image_encoder if embed is None else embed
+    embeddings = encoder(images)[image_index.to(device)]  # one encoder pass per image
     low_res_size = model.prompt_encoder.mask_input_size
     targets = gts.float()
     if loss_resolution == "low_res":
@@ -112,10 +117,11 @@ def training_losses(
 class TrainingForward(nn.Module):
     """``training_losses`` as a module's forward, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, sam: Sam) -> None:
+    def __init__(self, sam: Sam, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.sam = sam
+        self.embed = embed
 
     def forward(self, batch: dict, cfg: PromptConfig, loss_fn: SamLoss, rng: np.random.Generator,
                 loss_resolution: str = "input") -> dict[str, torch.Tensor]:
-        return training_losses(self.sam, batch, cfg, loss_fn, rng, loss_resolution)
+        return training_losses(self.sam, batch, cfg, loss_fn, rng, loss_resolution, self.embed)

@@ -22,6 +22,11 @@ from tqdm import tqdm
 from samforge.data.readers import open_dataset, summarize_bad_samples
 from samforge.data.sampler import ResumableSampler
 from samforge.models.build import build_sam, resolve_sam_config
+from samforge.models.checkpoint import read_checkpoint
+from samforge.models.configs import SamConfig
+from samforge.train.adapter_file import save_adapter, weights_fingerprint
+from samforge.train.embedding_cache import EmbeddingCache
+from samforge.train.finetune import apply_finetune
 from samforge.train.batches import TrainingSamples, collate_samples
 from samforge.train.checkpoint import load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
 from samforge.train.config import TrainConfig, config_to_dict, config_to_yaml
@@ -32,7 +37,7 @@ from samforge.train.step import TrainingForward
 from samforge.train.validate import validate
 from samforge.utils.atomic import atomic_write_bytes
 
-RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed")
+RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed", "finetune")
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -118,17 +123,16 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 
     # -- model, optimizer, schedule
     torch.manual_seed(cfg.seed)
-    model_name, sam_config = resolve_sam_config(cfg.model.type)
-    if cfg.model.arch:
-        try:
-            sam_config = dataclasses.replace(sam_config, **cfg.model.arch)
-        except TypeError as e:
-            raise ValueError(f"model.arch has a field SamConfig does not know: {e}") from e
-        model_name = f"{model_name}+arch"
+    model_name, sam_config = resolve_model_config(cfg)
     model = build_sam(sam_config, cfg.model.checkpoint, device=device)
     model.train()
     image_size = sam_config.image_size
-    optimizer = build_optimizer(model, cfg.optim)
+    base_fingerprint = weights_fingerprint(model) if cfg.finetune.mode == "lora" else ""
+    plan = apply_finetune(model, cfg.finetune)
+    embed = None
+    if cfg.finetune.mode == "decoder" and cfg.finetune.cache_embeddings:
+        embed = EmbeddingCache(cfg.finetune.cache_dir or out / "embedding_cache", model.image_encoder, precision)
+    optimizer = build_optimizer(model, cfg.optim, plan.lr_scales)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
     loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou)
     step, best = 0, -1.0
@@ -154,7 +158,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     elif main_process:
         atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
 
-    forward = TrainingForward(model)
+    forward = TrainingForward(model, embed)
     if distributed:
         forward = torch.nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True)
 
@@ -181,6 +185,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if main_process:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
               f"{precision}, {world} process(es), {samples_per_step} images per step")
+        print(plan.describe())
     progress = tqdm(total=cfg.steps, initial=step, desc="train", disable=not main_process, dynamic_ncols=True)
     start_time = time.perf_counter()
     data_time = compute_time = 0.0
@@ -233,11 +238,16 @@ def train(cfg: TrainConfig) -> TrainOutcome:
                 save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, step, best, cfg, model_name)
         if main_process and (step % cfg.checkpoint_every == 0 or finished):
             save_checkpoint(last, model, optimizer, scheduler, step, best, cfg, model_name)
+            if plan.lora is not None:  # the shippable adapter, always the latest weights
+                save_adapter(out / "adapter.safetensors", model, plan.lora, base_fingerprint, model_name,
+                             plan.trained_prefixes)
         if out_of_time:
             if main_process:
                 progress.write(f"stopping after {cfg.max_minutes} minutes at step {step}; rerun to continue")
             break
     progress.close()
+    if main_process and embed is not None:
+        print(f"embedding cache {embed.directory}: {embed.hits} hits, {embed.misses} misses")
 
     if main_process and cfg.eval_at_end:  # also after a max_minutes stop: eval/ shows the latest weights
         from samforge.evaluate.evaluator import evaluate_dataset
@@ -251,6 +261,26 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         dist.barrier()
         dist.destroy_process_group()
     return TrainOutcome(out, model, step)
+
+
+def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:
+    """The registry config ``model.type`` names (or the one a samforge checkpoint records, for
+    ``model.type=checkpoint``), with ``model.arch`` fields replaced."""
+    if cfg.model.type == "checkpoint":
+        _, extras = read_checkpoint(cfg.model.checkpoint)
+        if not isinstance(extras.get("sam_config"), dict):
+            raise ValueError(f"model.type=checkpoint: {cfg.model.checkpoint} does not record its model (not a samforge "
+                             "checkpoint); name the model type instead, e.g. model.type=vit_b")
+        model_name, sam_config = str(extras.get("model_type", "checkpoint")), SamConfig.from_dict(extras["sam_config"])
+    else:
+        model_name, sam_config = resolve_sam_config(cfg.model.type)
+    if cfg.model.arch:
+        try:
+            sam_config = dataclasses.replace(sam_config, **cfg.model.arch)
+        except TypeError as e:
+            raise ValueError(f"model.arch has a field SamConfig does not know: {e}") from e
+        model_name = f"{model_name}+arch"
+    return model_name, sam_config
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: float, cfg: TrainConfig,

@@ -1,0 +1,70 @@
+"""``samforge finetune``: adapt a SAM checkpoint to a dataset with LoRA, decoder-only or full fine-tuning.
+
+The same trainer as ``samforge train`` (progress bar, metrics.jsonl, curves.png, overlays, atomic resumable
+checkpoints); LoRA runs also write ``adapter.safetensors``, the small file to ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from samforge.models.configs import SAM_CONFIGS
+from samforge.train.config import load_config
+from samforge.train.trainer import train
+
+
+def parse_base(text: str) -> tuple[str, str]:
+    """``TYPE:CHECKPOINT`` (an official or samforge file of a registered type) or ``CHECKPOINT`` (a samforge
+    checkpoint, which records its model) -> (model.type, model.checkpoint)."""
+    kind, sep, path = text.partition(":")
+    if sep and kind in (*SAM_CONFIGS, "default"):
+        if not path:
+            raise ValueError(f"--base {text!r}: expected TYPE:CHECKPOINT with a checkpoint path after the colon")
+        return kind, path
+    return "checkpoint", text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a SAM checkpoint on your data: LoRA, decoder-only or full",
+        description="Fine-tune a SAM checkpoint. --mode lora trains low-rank adapters on the image encoder's Q and "
+        "V projections (and the mask decoder unless finetune.train_decoder=false) and writes adapter.safetensors; "
+        "--mode decoder freezes both encoders and caches image embeddings on disk; --mode full trains everything "
+        "(finetune.layer_decay=0.75 for layer-wise learning-rate decay). Further settings as key=value overrides, "
+        "as for samforge train. Rerunning the same command resumes.",
+    )
+    p.add_argument("--base", required=True,
+                   help="the model to start from: TYPE:CHECKPOINT (e.g. vit_b:sam_vit_b_01ec64.pth) or a samforge "
+                   "checkpoint (which records its model type)")
+    p.add_argument("--data", required=True, help="training data: COCO JSON, image+mask folder, .npz, NIfTI folder, "
+                   "synthetic:... or synthetic-medical:...")
+    p.add_argument("--val", default=None, help="held-out data for validation and the final evaluation "
+                   "(default: the config's data.val)")
+    p.add_argument("--mode", required=True, choices=["lora", "decoder", "full"], help="what trains")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 4)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA scaling alpha (default 4)")
+    p.add_argument("--config", default=None, help="YAML file with further settings (applied before the flags)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings that replace the config's")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rank is not None and args.rank <= 0:
+        raise ValueError(f"--rank must be a positive integer, got {args.rank}")
+    if args.alpha is not None and not args.alpha > 0:
+        raise ValueError(f"--alpha must be positive, got {args.alpha}")
+    model_type, checkpoint = parse_base(args.base)
+    overrides = [f"model.type={model_type}", f"model.checkpoint={checkpoint}", f"data.train={args.data}",
+                 f"finetune.mode={args.mode}", f"out={args.out}"]
+    if args.val is not None:
+        overrides.append(f"data.val={args.val}")
+    if args.rank is not None:
+        overrides.append(f"finetune.rank={args.rank}")
+    if args.alpha is not None:
+        overrides.append(f"finetune.alpha={args.alpha}")
+    cfg = load_config(args.config, overrides + list(args.overrides))
+    outcome = train(cfg)
+    print(f"wrote {outcome.out.resolve()}")
+    return 0

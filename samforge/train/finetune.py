@@ -1,0 +1,73 @@
+"""What a fine-tuning mode trains: ``full`` (everything, optionally with layer-wise learning-rate decay),
+``decoder`` (image and prompt encoders frozen: image embeddings can then be cached) or ``lora`` (low-rank
+adapters on the image encoder's Q and V projections; the mask decoder trainable or not)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from samforge.models.lora import LoraConfig, add_lora
+from samforge.train.config import FinetuneConfig
+
+FINETUNE_MODES = ("full", "decoder", "lora")
+
+
+@dataclass
+class FinetunePlan:
+    mode: str
+    trainable: int  # parameters the optimizer updates
+    total: int  # all parameters of the (possibly adapted) model
+    lora: LoraConfig | None  # the adapters' configuration (lora mode)
+    lr_scales: dict[int, float] | None  # id(parameter) -> learning-rate multiplier (layer-wise decay)
+    trained_prefixes: tuple[str, ...]  # base weights trained along with the adapters (lora mode)
+
+    def describe(self) -> str:
+        share = 100.0 * self.trainable / max(1, self.total)
+        extra = f", LoRA rank {self.lora.rank} alpha {self.lora.alpha}" if self.lora else ""
+        return f"fine-tuning mode {self.mode}: {self.trainable:,} of {self.total:,} parameters trainable ({share:.2f}%){extra}"
+
+
+def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> FinetunePlan:
+    """Prepare ``model`` (a SAM v1 holding its base weights) for ``cfg.mode``, in place: add adapters, set
+    ``requires_grad``. Call before building the optimizer and before loading a resumed run's weights."""
+    if cfg.mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune.mode must be one of {FINETUNE_MODES}, got {cfg.mode!r}")
+    lora, lr_scales, trained_prefixes = None, None, ()
+    if cfg.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if cfg.layer_decay != 1.0:
+            lr_scales = layer_decay_scales(model, cfg.layer_decay)
+    elif cfg.mode == "decoder":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("mask_decoder."))
+    else:
+        lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, decoder=cfg.lora_decoder)
+        add_lora(model, lora)
+        trained_prefixes = ("mask_decoder.",) if cfg.train_decoder else ()
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name or any(name.startswith(t) for t in trained_prefixes))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return FinetunePlan(cfg.mode, trainable, total, lora, lr_scales, trained_prefixes)
+
+
+def layer_decay_scales(model: nn.Module, decay: float) -> dict[int, float]:
+    """Layer-wise learning-rate decay (BEiT/MAE fine-tuning): encoder block ``i`` of ``L`` gets
+    ``decay ** (L - i)``, the patch embedding and position embedding ``decay ** (L + 1)``; the neck, prompt
+    encoder and mask decoder keep the full rate."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"finetune.layer_decay must be in (0, 1], got {decay}")
+    depth = len(model.image_encoder.blocks)
+    scales = {}
+    for name, p in model.named_parameters():
+        if name.startswith("image_encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        elif name.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed")):
+            layer = 0
+        else:
+            layer = depth + 1
+        scales[id(p)] = decay ** (depth + 1 - layer)
+    return scales

@@ -235,6 +235,19 @@ def test_finetune_lora_cli_then_merge(tmp_path, capsys):
     lora_keys = {k for k in trained if "lora_" in k}
     assert lora_keys == set(lora_state_dict(unmerged))
 
+    # evaluate shows the base and the fine-tuned model side by side
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(base_ckpt), "--adapter", str(adapter), "--data", "synthetic:3:64:50",
+                 "--max-images", "2", "--out", str(ev)]) == 0
+    comparison = json.loads((ev / "comparison.json").read_text())
+    model_metrics = json.loads((ev / "metrics.json").read_text())
+    base_metrics = json.loads((ev / "baseline" / "metrics.json").read_text())
+    for protocol in ("box", "center_point", "random_point", "points_3"):
+        row = comparison[protocol]["dice"]
+        assert row["model"] == model_metrics[protocol]["dice"] and row["baseline"] == base_metrics[protocol]["dice"]
+        assert row["delta"] == pytest.approx(row["model"] - row["baseline"])
+    assert (ev / "before_after.png").stat().st_size > 1000 and (ev / "baseline" / "best_worst.png").is_file()
+
     capsys.readouterr()
     other_base = tmp_path / "other"
     train(load_config(None, [*TINY, f"out={other_base}", "steps=2", "eval_at_end=false", "val_every=2", "seed=7"]))

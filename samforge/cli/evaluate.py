@@ -1,17 +1,24 @@
 """``samforge evaluate``: a checkpoint on a dataset, under every prompt protocol of SAM's evaluation.
 
-Writes ``metrics.json`` (stable keys), ``per_image.csv`` and ``best_worst.png`` to ``--out``.
+Writes ``metrics.json`` (stable keys), ``per_image.csv`` and ``best_worst.png`` to ``--out``. With a baseline
+(``--baseline``, or the base model itself when ``--adapter`` is given) it also evaluates the baseline into
+``--out/baseline/`` and writes ``comparison.json`` and ``before_after.png`` side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 from samforge.cli.common import add_model_args, load_model
 from samforge.data.readers import open_dataset, summarize_bad_samples
 from samforge.evaluate import evaluate_dataset, format_table
+from samforge.evaluate.compare import before_after_png, compare_metrics, format_comparison, write_comparison
+from samforge.models.build import load_sam
+from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam2 import SAM2_CONFIGS
+from samforge.train.adapter_file import load_adapter
 
 MAX_BAD_SHOWN = 10
 
@@ -30,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default=None, help="folder of the COCO images (default: beside the JSON)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter (.safetensors from samforge finetune) applied to the --checkpoint model; "
+                   "the plain --checkpoint model is then the baseline unless --baseline names another")
+    p.add_argument("--baseline", default=None,
+                   help="a second checkpoint evaluated on the same data and shown side by side (e.g. the base "
+                   "model before fine-tuning)")
+    p.add_argument("--baseline-model-type", default=None, choices=["default", *SAM_CONFIGS],
+                   help="model type of --baseline (not needed for samforge checkpoints)")
     p.set_defaults(run=run)
 
 
@@ -46,6 +61,17 @@ def run(args: argparse.Namespace) -> int:
     if dataset.bad_samples or getattr(dataset, "dropped_objects", 0):
         print(summarize_bad_samples(dataset))
     model = load_model(args)
+    baseline = None
+    if args.baseline is not None:
+        if not Path(args.baseline).is_file():
+            raise FileNotFoundError(f"--baseline file not found: {args.baseline}")
+        baseline = load_sam(args.baseline, args.baseline_model_type)
+    if args.adapter is not None:
+        if args.checkpoint is None:
+            raise ValueError("--adapter needs --checkpoint: the base model the adapter was trained on")
+        if baseline is None:
+            baseline = copy.deepcopy(model)
+        load_adapter(model, args.adapter)
     result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images)
     for line in result.skipped[:MAX_BAD_SHOWN]:
         print(f"skipped {line}")
@@ -54,5 +80,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result.write(out)
     print(format_table(result.to_metrics_dict()))
+    if baseline is not None:
+        base_result = evaluate_dataset(baseline, dataset, seed=args.seed, max_images=args.max_images)
+        base_result.write(out / "baseline")
+        comparison = compare_metrics(base_result.to_metrics_dict(), result.to_metrics_dict())
+        count = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
+        picture = before_after_png(baseline, model, [dataset[i] for i in range(min(count, 6))],
+                                   names=("baseline", "model"))
+        write_comparison(out, comparison, picture)
+        print(format_comparison(comparison))
     print(f"wrote {out.resolve()}")
     return 0

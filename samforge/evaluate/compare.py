@@ -1,0 +1,119 @@
+"""Two models side by side on the same data (e.g. a base checkpoint and its fine-tuned version): the metric
+deltas per prompt protocol (``comparison.json``, a terminal table) and a before/after picture
+(``before_after.png``: for the same objects, the baseline's and the model's box-prompt masks)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from samforge.data.prompts import mask_to_box
+from samforge.data.sample import Sample
+from samforge.evaluate.evaluator import METRIC_PROTOCOLS
+from samforge.evaluate.metrics import iou_dice
+from samforge.evaluate.report import GT_CONTOUR_COLOR
+from samforge.models.sam import Sam
+from samforge.predict.predictor import SamPredictor
+from samforge.utils.atomic import atomic_write_bytes
+from samforge.viz.overlay import draw_overlay
+
+COMPARISON_JSON = "comparison.json"
+BEFORE_AFTER_PNG = "before_after.png"
+
+
+def compare_metrics(baseline: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """``{protocol: {"miou": {"baseline", "model", "delta"}, "dice": {...}}}`` from two ``metrics.json`` dicts,
+    plus the interactive mIoU at each click count and NoC."""
+    out: dict[str, Any] = {}
+    for protocol in METRIC_PROTOCOLS:
+        out[protocol] = {m: _delta(baseline[protocol][m], model[protocol][m]) for m in ("miou", "dice")}
+    b_int, m_int = baseline["interactive"], model["interactive"]
+    out["interactive"] = {
+        "miou_at_clicks": {k: _delta(b_int["miou_at_clicks"][k], m_int["miou_at_clicks"][k])
+                           for k in m_int["miou_at_clicks"]},
+        **{k: _delta(b_int[k], m_int[k]) for k in m_int if k.startswith("noc")},
+    }
+    return out
+
+
+def _delta(before: float, after: float) -> dict[str, float]:
+    return {"baseline": before, "model": after, "delta": after - before}
+
+
+def format_comparison(comparison: dict[str, Any], names: tuple[str, str] = ("baseline", "model")) -> str:
+    lines = [f"{'protocol':<14}{'Dice ' + names[0]:>18}{'Dice ' + names[1]:>18}{'delta':>9}"
+             f"{'mIoU ' + names[0]:>18}{'mIoU ' + names[1]:>18}{'delta':>9}"]
+    for p in METRIC_PROTOCOLS:
+        d, i = comparison[p]["dice"], comparison[p]["miou"]
+        lines.append(f"{p:<14}{d['baseline']:>18.4f}{d['model']:>18.4f}{d['delta']:>+9.4f}"
+                     f"{i['baseline']:>18.4f}{i['model']:>18.4f}{i['delta']:>+9.4f}")
+    return "\n".join(lines)
+
+
+def box_masks(model: Sam, samples: Sequence[Sample]) -> list[list[np.ndarray]]:
+    """Each object's mask from a single-mask box prompt (the object's tight box), per sample."""
+    predictor = SamPredictor(model)
+    out = []
+    for sample in samples:
+        predictor.set_image(sample.image)
+        masks = []
+        for gt in sample.masks:
+            mask, _, _ = predictor.predict(box=mask_to_box(gt), multimask_output=False)
+            masks.append(mask[0])
+        out.append(masks)
+    return out
+
+
+def _tile(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    import cv2
+
+    tile = draw_overlay(image, pred, boxes=mask_to_box(gt)[None])
+    inner = cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0).astype(bool)
+    tile[gt & ~inner] = GT_CONTOUR_COLOR
+    return tile
+
+
+def before_after_png(baseline: Sam, model: Sam, samples: Sequence[Sample], names: tuple[str, str] = ("baseline", "model"),
+                     max_objects: int = 6) -> bytes:
+    """A grid (matplotlib): one column per object (the first ``max_objects``, one per image where possible),
+    rows ``names[0]`` and ``names[1]``, each the box-prompt mask filled with the ground truth outlined."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    picks: list[tuple[int, int]] = []  # (sample, object): one object per image first, then more
+    for round_ in range(max((len(s.masks) for s in samples), default=0)):
+        picks += [(i, round_) for i, s in enumerate(samples) if round_ < len(s.masks)]
+    picks = picks[:max_objects]
+    if not picks:
+        raise ValueError("before_after_png needs at least one sample with an object")
+    used = sorted({i for i, _ in picks})
+    chosen = [samples[i] for i in used]
+    preds = {name: dict(zip(used, box_masks(m, chosen))) for name, m in zip(names, (baseline, model))}
+    fig = Figure(figsize=(2.6 * len(picks), 5.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle("box prompt: prediction filled, ground truth outlined in yellow", fontsize=10)
+    for r, name in enumerate(names):
+        for c, (i, k) in enumerate(picks):
+            sample, pred = samples[i], preds[name][i][k]
+            iou, dice = iou_dice(pred, sample.masks[k])
+            ax = fig.add_subplot(2, len(picks), r * len(picks) + c + 1)
+            ax.set_axis_off()
+            ax.imshow(_tile(sample.image, sample.masks[k], pred), interpolation="nearest")
+            ax.set_title(f"{name}: Dice {dice:.3f}", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_comparison(out: Path, comparison: dict[str, Any], picture: bytes | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / COMPARISON_JSON, (json.dumps(comparison, indent=2) + "\n").encode())
+    if picture is not None:
+        atomic_write_bytes(out / BEFORE_AFTER_PNG, picture)

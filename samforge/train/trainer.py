@@ -218,7 +218,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
                            "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / cfg.log_every, 4),
-                           "data_frac": round(data_time / max(compute_time, 1e-9), 4)})
+                           "data_frac": round(data_time / max(compute_time, 1e-9), 4),
+                           "peak_memory_mb": round(peak_memory_mb(device), 1)})
             data_time = compute_time = 0.0
         out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - start_time) / 60 > cfg.max_minutes
         if distributed:  # every rank must agree to stop
@@ -261,6 +262,17 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         dist.barrier()
         dist.destroy_process_group()
     return TrainOutcome(out, model, step)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: allocated on the GPU for CUDA, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:

@@ -66,6 +66,25 @@ def test_loss_weights_and_shapes():
         SamLoss()(torch.zeros(3, 8, 8), torch.zeros(3, 1), targets)
 
 
+def test_learned_uncertainty_weighting_by_hand():
+    logits, targets = torch.randn(3, 1, 8, 8), torch.rand(3, 8, 8) > 0.5
+    iou_pred = torch.full((3, 1), 0.3)
+    fixed = SamLoss(focal_weight=2, dice_weight=1, iou_weight=1)(logits, iou_pred, targets)
+    learned_fn = SamLoss(focal_weight=2, dice_weight=1, iou_weight=1, learned_weighting=True)
+    learned = learned_fn(logits, iou_pred, targets)
+    terms = torch.tensor([2 * fixed["focal"], fixed["dice"], fixed["iou_mse"]])
+    # log-variances start at 0: weights exp(0) = 1, so the sum of the weighted terms
+    assert learned["loss"].item() == pytest.approx(terms.sum().item(), rel=1e-5)
+    learned["loss"].backward()  # d/ds (exp(-s) L + s) at s = 0 is 1 - L
+    assert torch.allclose(learned_fn.weighting.log_vars.grad, 1 - terms, atol=1e-5)
+    with torch.no_grad():
+        learned_fn.weighting.log_vars.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    s = torch.tensor([0.5, -1.0, 2.0])
+    expected = (torch.exp(-s) * terms + s).sum()
+    assert learned_fn(logits, iou_pred, targets)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert not list(SamLoss().parameters())  # off by default: nothing to learn
+
+
 def test_warmup_then_cosine():
     cfg = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, 100, cfg) == pytest.approx(0.1)

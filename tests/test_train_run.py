@@ -141,3 +141,17 @@ def test_two_processes_agree_on_the_weights(tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["config"]["batch_size"] == start.batch_size
     assert all(torch.equal(ckpt["model"][k], a[k]) for k in a)
+
+
+def test_learned_loss_weighting_trains_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    overrides = [*TINY, f"out={out}", "loss.learned_weighting=true", "val_every=3", "checkpoint_every=3",
+                 "eval_at_end=false"]
+    first = train(load_config(None, [*overrides, "steps=3"]))
+    log_vars = first.model.state_dict()  # the Sam itself holds no loss weights
+    assert not any("log_vars" in k for k in log_vars)
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["loss"]["weighting.log_vars"]
+    assert saved.abs().sum() > 0  # they trained
+    train(load_config(None, [*overrides, "steps=4"]))  # resumes from step 3 with the learned weights
+    resumed = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["step"] == 4 and not torch.equal(resumed["loss"]["weighting.log_vars"], saved)

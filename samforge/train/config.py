@@ -41,6 +41,7 @@ class LossConfig:
     dice: float = 1.0
     iou: float = 1.0
     resolution: str = "input"  # input: logits upsampled to the model input (as SAM); low_res: targets downsampled
+    learned_weighting: bool = False  # weight focal/dice/IoU by learned uncertainties (UncertaintyWeighting)
 
 
 @dataclass

@@ -115,13 +115,15 @@ def training_losses(
 
 
 class TrainingForward(nn.Module):
-    """``training_losses`` as a module's forward, so DistributedDataParallel can wrap it."""
+    """``training_losses`` as a module's forward, so DistributedDataParallel can wrap it (and synchronise
+    the loss's own parameters, if it learns its weighting)."""
 
-    def __init__(self, sam: Sam, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, sam: Sam, loss_fn: SamLoss, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.sam = sam
+        self.loss_fn = loss_fn
         self.embed = embed
 
-    def forward(self, batch: dict, cfg: PromptConfig, loss_fn: SamLoss, rng: np.random.Generator,
+    def forward(self, batch: dict, cfg: PromptConfig, rng: np.random.Generator,
                 loss_resolution: str = "input") -> dict[str, torch.Tensor]:
-        return training_losses(self.sam, batch, cfg, loss_fn, rng, loss_resolution, self.embed)
+        return training_losses(self.sam, batch, cfg, self.loss_fn, rng, loss_resolution, self.embed)

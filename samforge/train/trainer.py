@@ -132,9 +132,10 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     embed = None
     if cfg.finetune.mode == "decoder" and cfg.finetune.cache_embeddings:
         embed = EmbeddingCache(cfg.finetune.cache_dir or out / "embedding_cache", model.image_encoder, precision)
-    optimizer = build_optimizer(model, cfg.optim, plan.lr_scales)
+    loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.learned_weighting).to(device)
+    forward = forward_module = TrainingForward(model, loss_fn, embed)  # the model and the loss's own weights
+    optimizer = build_optimizer(forward, cfg.optim, plan.lr_scales)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
-    loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou)
     step, best = 0, -1.0
 
     # -- resume
@@ -148,6 +149,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         if changed:
             raise ValueError(f"{out} holds a run with different {changed}; use another out folder to start a new run")
         model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt.get("loss", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, best = int(ckpt["step"]), float(ckpt["best"])
@@ -158,7 +160,6 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     elif main_process:
         atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
 
-    forward = TrainingForward(model, embed)
     if distributed:
         forward = torch.nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True)
 
@@ -201,7 +202,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             sync = contextlib.nullcontext() if (not distributed or last_micro) else forward.no_sync()
             with sync:
                 with autocast:
-                    out_step = forward(batch, cfg.prompts, loss_fn, rng, cfg.loss.resolution)
+                    out_step = forward(batch, cfg.prompts, rng, cfg.loss.resolution)
                 (out_step["loss"] / cfg.optim.accumulate).backward()
             for k, v in out_step.items():
                 stats[k] = stats.get(k, 0.0) + float(v.detach()) / cfg.optim.accumulate
@@ -236,9 +237,9 @@ def train(cfg: TrainConfig) -> TrainOutcome:
                            f"centre-point mIoU {val['point_miou']:.3f}")
             if val["box_miou"] > best:
                 best = val["box_miou"]
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, step, best, cfg, model_name)
+                save_checkpoint(ckpt_dir / "best.pt", forward_module, optimizer, scheduler, step, best, cfg, model_name)
         if main_process and (step % cfg.checkpoint_every == 0 or finished):
-            save_checkpoint(last, model, optimizer, scheduler, step, best, cfg, model_name)
+            save_checkpoint(last, forward_module, optimizer, scheduler, step, best, cfg, model_name)
             if plan.lora is not None:  # the shippable adapter, always the latest weights
                 save_adapter(out / "adapter.safetensors", model, plan.lora, base_fingerprint, model_name,
                              plan.trained_prefixes)
@@ -295,12 +296,13 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:
     return model_name, sam_config
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, best: float, cfg: TrainConfig,
-                    model_name: str) -> None:
+def save_checkpoint(path: Path, forward: TrainingForward, optimizer, scheduler, step: int, best: float,
+                    cfg: TrainConfig, model_name: str) -> None:
     save_training_checkpoint(
         path,
-        model=model.state_dict(),
-        sam_config=model.config.to_dict(),
+        model=forward.sam.state_dict(),
+        loss=forward.loss_fn.state_dict(),
+        sam_config=forward.sam.config.to_dict(),
         model_type=model_name,
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -310,3 +311,36 @@ def test_image_key_sees_one_pixel():
     b = a.clone()
     b[2, 7, 7] = 1e-3
     assert image_key(a) != image_key(b) and image_key(a) == image_key(a.clone())
+
+
+def test_finetune_on_a_nifti_folder(tmp_path, capsys):
+    import nibabel as nib
+
+    data = tmp_path / "ct"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for case in ("a", "b"):
+        image = rng.normal(40, 30, (64, 64, 5)).astype(np.float32)
+        label = np.zeros((64, 64, 5), np.uint8)
+        label[10:30, 12:40, 1:4] = 1
+        label[35:55, 20:50, 2:5] = 2
+        image[label == 1] += 200
+        image[label == 2] -= 100
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(data / "images" / f"{case}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(data / "labels" / f"{case}.nii.gz"))
+    # a pair whose shapes differ is reported, not used
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 3), np.float32), np.eye(4)), str(data / "images" / "c.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((64, 60, 3), np.uint8), np.eye(4)), str(data / "labels" / "c.nii.gz"))
+    base_run = tmp_path / "base"
+    train(load_config(None, [*TINY, f"out={base_run}", "steps=1", "eval_at_end=false", "val_every=1"]))
+    capsys.readouterr()
+    tiny_overrides = [o for o in TINY if not o.startswith(("model.", "data.train", "data.val"))]
+    rc = main(["finetune", "--base", str(base_run / "checkpoints" / "last.pt"), "--data", str(data),
+               "--val", str(data), "--mode", "decoder", "--out", str(tmp_path / "ft"), *tiny_overrides,
+               "steps=2", "val_every=2", "eval_at_end=false"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "c.nii.gz" in printed and "1 bad sample" in printed  # the mismatched pair, named
+    assert "slices without objects skipped" in printed  # slices 0 of a and b have no label
+    assert (tmp_path / "ft" / "checkpoints" / "last.pt").is_file()

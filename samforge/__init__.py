@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from samforge.models import SAM2_CONFIGS, SAM_CONFIGS, SAM2Base, Sam, SamConfig, build_sam, build_sam2, sam_model_registry
-from samforge.predict import ResizeLongestSide, SAM2ImagePredictor, SamPredictor
+from samforge.predict import ResizeLongestSide, SAM2ImagePredictor, SamAutomaticMaskGenerator, SamPredictor
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "SAM2Base",
     "SAM2ImagePredictor",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "build_sam",

@@ -1,8 +1,16 @@
-"""Prediction: SamPredictor, SAM2ImagePredictor, resizing transforms and input checks. Knows models only."""
+"""Prediction: SamPredictor, SamAutomaticMaskGenerator, SAM2ImagePredictor, resizing transforms and input checks.
+Knows models only."""
 
+from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.predictor import SamPredictor
 from samforge.predict.sam2_predictor import SAM2ImagePredictor
 from samforge.predict.sam2_transforms import SAM2Transforms
 from samforge.predict.transforms import ResizeLongestSide
 
-__all__ = ["ResizeLongestSide", "SAM2ImagePredictor", "SAM2Transforms", "SamPredictor"]
+__all__ = [
+    "ResizeLongestSide",
+    "SAM2ImagePredictor",
+    "SAM2Transforms",
+    "SamAutomaticMaskGenerator",
+    "SamPredictor",
+]

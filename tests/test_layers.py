@@ -15,6 +15,7 @@ ALLOWED = {
     "data": {"data", "utils", "viz"},
     "viz": {"viz"},
     "utils": {"utils"},
+    "export": {"export", "models", "utils"},
 }
 
 

@@ -282,7 +282,7 @@ def test_evaluate_dataset_checks_inputs(synthetic_samples):
     oracle = OraclePredictor(synthetic_samples)
     with pytest.raises(ValueError, match="max_images"):
         evaluate_dataset(oracle, synthetic_samples, max_images=0, progress=False)
-    with pytest.raises(TypeError, match="Sam or a predictor"):
+    with pytest.raises(TypeError, match="SAM2Base, or a predictor"):
         evaluate_dataset(object(), synthetic_samples, progress=False)
     with pytest.raises(TypeError, match="Sample"):
         evaluate_dataset(oracle, [np.zeros((4, 4, 3), np.uint8)], progress=False)

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.model_type in SAM2_CONFIGS:
-        raise ValueError(f"evaluate takes SAM (v1) models for now, got {args.model_type!r}")
+    if args.model_type in SAM2_CONFIGS and (args.adapter is not None or args.baseline is not None):
+        raise ValueError(f"--adapter and --baseline take SAM (v1) models for now, got {args.model_type!r}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint file not found: {args.checkpoint}")
     dataset = open_dataset(args.data, images=args.images)  # before the (slow) model load: bad data fails fast

@@ -29,7 +29,9 @@ from samforge.evaluate.interactive import noc as noc_of
 from samforge.evaluate.metrics import iou_dice
 from samforge.evaluate.protocols import PROTOCOLS, PredictorLike, run_protocols_many
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2Base
 from samforge.predict.predictor import SamPredictor
+from samforge.predict.sam2_predictor import SAM2ImagePredictor
 
 METRIC_PROTOCOLS: tuple[str, ...] = ("box", "center_point", "random_point", "points_3")  # metrics.json order
 NUM_EXTREMES = 4  # best and worst objects shown in best_worst.png
@@ -160,13 +162,16 @@ def _miou_at_clicks(objects: Sequence[ObjectResult]) -> dict[str, float]:
     return miou_at_clicks([ClickTrace(ious=o.click_ious) for o in objects], CLICKS_REPORTED)
 
 
-def _as_predictor(model: Sam | PredictorLike) -> PredictorLike:
+def _as_predictor(model: Sam | SAM2Base | PredictorLike) -> PredictorLike:
     if isinstance(model, Sam):
         return SamPredictor(model)
+    if isinstance(model, SAM2Base):
+        return SAM2ImagePredictor(model)
     if callable(getattr(model, "set_image", None)) and callable(getattr(model, "predict", None)):
         return model
     raise TypeError(
-        f"model must be a samforge Sam or a predictor with set_image() and predict(), got {type(model).__name__}"
+        f"model must be a samforge Sam, a SAM2Base, or a predictor with set_image() and predict(), "
+        f"got {type(model).__name__}"
     )
 
 
@@ -205,15 +210,16 @@ def evaluate_image(
 
 
 def evaluate_dataset(
-    model: Sam | PredictorLike,
+    model: Sam | SAM2Base | PredictorLike,
     dataset: DatasetLike,
     seed: int = 0,
     max_images: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``model`` (a Sam, or any predictor with SamPredictor's ``set_image``/``predict``) on the
-    first ``max_images`` images of ``dataset`` (all by default). ``seed`` fixes the random-point prompts.
-    A Sam is put in eval mode for the run and given back in the mode it came in."""
+    """Evaluate ``model`` (a Sam, a SAM 2 image model, or any predictor with SamPredictor's
+    ``set_image``/``predict``) on the first ``max_images`` images of ``dataset`` (all by default). ``seed``
+    fixes the random-point prompts. A model is put in eval mode for the run and given back in the mode it
+    came in."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
@@ -224,8 +230,8 @@ def evaluate_dataset(
     if n == 0:
         raise ValueError("dataset is empty: nothing to evaluate")
     predictor = _as_predictor(model)
-    was_training = isinstance(model, Sam) and model.training
-    if isinstance(model, Sam):
+    was_training = isinstance(model, (Sam, SAM2Base)) and model.training
+    if isinstance(model, (Sam, SAM2Base)):
         model.eval()
     objects: list[ObjectResult] = []
     names: list[str] = []

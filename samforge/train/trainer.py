@@ -118,7 +118,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if main_process:
         for name, data in (("train", train_data), ("val", val_data)):
             print(f"{name} data: {cfg.data.train if name == 'train' else cfg.data.val}: {len(data)} images")
-            if data.bad_samples:
+            if data.bad_samples or getattr(data, "dropped_objects", 0) or getattr(data, "skipped_empty_slices", 0):
                 print(summarize_bad_samples(data))
 
     # -- model, optimizer, schedule

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, synth, train
+from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, segment_everything, synth, train
 
-SUBCOMMANDS = (predict, synth, train, finetune, lora, evaluate, quickstart, export)
+SUBCOMMANDS = (predict, segment_everything, synth, train, finetune, lora, evaluate, quickstart, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,17 @@ from samforge.models.build import build_sam
 from samforge.models.configs import SAM_CONFIGS, SamConfig
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (ask for it with ``pytest.mark.usefixtures("one_thread")``). On 2
+    cores shared with other jobs a second, descheduled OpenMP thread stalls every op (measured 10-20x slower on
+    the small-model tests); ours and the official code run in the same setting, so comparisons are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def official_sam(cfg: SamConfig):
     """The official ``segment_anything`` Sam built with a samforge configuration (any size)."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer

@@ -6,7 +6,6 @@ from __future__ import annotations
 from unittest import mock
 
 import numpy as np
-import pytest
 import torch
 from conftest import perturb_
 from hydra import compose
@@ -24,17 +23,6 @@ SMALL_OVERRIDES = (
     "++model.image_encoder.trunk.embed_dim=16",
     "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
 )
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for a test module. On 2 cores shared with other jobs, a second thread that is
-    descheduled stalls every op (measured: the small-model tests 20x, the 1024 ones 2x slower under load).
-    Ours and the official code run in the same setting, so comparisons are unaffected."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def official_config_path(name: str) -> str:

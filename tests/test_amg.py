@@ -23,19 +23,13 @@ from samforge.data.synthetic import make_scene
 from samforge.predict import amg_utils as amg
 from samforge.predict.predictor import SamPredictor
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")  # numpy 2 note inside decode
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"),  # numpy 2 note inside decode
+    pytest.mark.usefixtures("one_thread"),
+]
 
 HW = (200, 300)
 RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared machine two threads contend and run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

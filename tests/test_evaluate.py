@@ -34,16 +34,7 @@ from samforge.evaluate.protocols import Prompt, predict_prompt
 from samforge.models.configs import SAM_CONFIGS
 from samforge.predict.predictor import SamPredictor
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tests decode many tiny batches: on 2 shared cores, OpenMP's spinning threads make that up to
-    15x slower than one thread (the point here is logic, not speed). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny decodes: OpenMP spinning, not logic
 STABLE_KEYS = {"box", "center_point", "random_point", "points_3", "interactive", "num_objects", "num_images"}
 CLICK_KEYS = {"1", "2", "3", "5", "9"}
 

@@ -46,6 +46,7 @@ from samforge.models.lora import LoraConfig, add_lora, has_lora, merge_lora  # n
 from samforge.predict.transforms import ResizeLongestSide  # noqa: E402
 from samforge.train.adapter_file import save_adapter, weights_fingerprint  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # PyTorch and onnxruntime on one thread each
 ATOL = 1e-3
 H, W = 200, 300  # a landscape image: the resized input is padded at the bottom
 PREDICTOR_FILE = Path(__file__).resolve().parents[1] / "samforge" / "export" / "onnx_predictor.py"
@@ -95,15 +96,6 @@ def leftovers(directory: Path) -> list[str]:
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for PyTorch: on a small shared CPU two threads are ~20x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def session(path: Path):

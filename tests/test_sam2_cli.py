@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sam2_oracle import one_thread
 from test_cli import check_predict_folder, run_cli
 
 from samforge import build_sam2
 from samforge.data import make_scene
 from samforge.utils import save_png
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

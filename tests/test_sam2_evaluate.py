@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 from sam2.sam2_image_predictor import SAM2ImagePredictor as OfficialPredictor
-from sam2_oracle import SMALL_OVERRIDES, make_sam2_pair, one_thread
+from sam2_oracle import SMALL_OVERRIDES, make_sam2_pair
 
 from samforge.data.synthetic_dataset import SyntheticDataset
 from samforge.evaluate import evaluate_dataset
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sam2_evaluation_matches_the_official_predictor():

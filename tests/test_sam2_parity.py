@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sam2.sam2_image_predictor import SAM2ImagePredictor as OfficialPredictor
-from sam2_oracle import TOL, assert_same_prediction, make_sam2_pair, max_diff, one_thread, prompt_cases
+from sam2_oracle import TOL, assert_same_prediction, make_sam2_pair, max_diff, prompt_cases
 
 from samforge import SAM2ImagePredictor
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 CASES = ["one_point", "points_single_mask", "box", "box_and_points", "mask_input", "boxes_batched"]
 
 

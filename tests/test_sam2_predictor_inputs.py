@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sam2_oracle import SMALL_OVERRIDES, one_thread
+from sam2_oracle import SMALL_OVERRIDES
 
 from samforge import SAM2ImagePredictor, build_sam, build_sam2
 from samforge.predict.checks import ImageNotSetError
 
 H, W = 60, 80
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

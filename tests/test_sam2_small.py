@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from sam2.sam2_image_predictor import SAM2ImagePredictor as OfficialPredictor
-from sam2_oracle import SMALL_OVERRIDES, assert_same_prediction, make_sam2_pair, one_thread, prompt_cases
+from sam2_oracle import SMALL_OVERRIDES, assert_same_prediction, make_sam2_pair, prompt_cases
 
 from samforge import SAM2ImagePredictor
 
 NAME = "sam2.1_hiera_t"
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,22 +29,16 @@ from samforge.predict.amg_outputs import (
     segmentation_to_mask,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")  # numpy 2 note inside decode
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"),  # numpy 2 note inside decode
+    pytest.mark.usefixtures("one_thread"),
+]
 
 HW = (96, 128)
 STEMS = ("a", "b", "c")  # a.png RGB, b.jpg grayscale, c.png RGBA
 RECORD_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 FLAGS = ("--model-type", "vit_small", "--points-per-side", "4", "--pred-iou-thresh", "0",
          "--stability-score-thresh", "0", "--box-nms-thresh", "1.0")  # random weights: keep every mask
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared machine two threads contend and run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_folder(root: Path) -> Path:

@@ -15,11 +15,10 @@ from samforge.data.prompts import mask_to_box
 from samforge.data.sample import Sample
 from samforge.evaluate.evaluator import METRIC_PROTOCOLS
 from samforge.evaluate.metrics import iou_dice
-from samforge.evaluate.report import GT_CONTOUR_COLOR
+from samforge.evaluate.report import outlined_prediction
 from samforge.models.sam import Sam
 from samforge.predict.predictor import SamPredictor
 from samforge.utils.atomic import atomic_write_bytes
-from samforge.viz.overlay import draw_overlay
 
 COMPARISON_JSON = "comparison.json"
 BEFORE_AFTER_PNG = "before_after.png"
@@ -68,16 +67,6 @@ def box_masks(model: Sam, samples: Sequence[Sample]) -> list[list[np.ndarray]]:
     return out
 
 
-def _tile(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    import cv2
-
-    tile = draw_overlay(image, pred, boxes=mask_to_box(gt)[None])
-    inner = cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0).astype(bool)
-    tile[gt & ~inner] = GT_CONTOUR_COLOR
-    return tile
-
-
 def before_after_png(baseline: Sam, model: Sam, samples: Sequence[Sample], names: tuple[str, str] = ("baseline", "model"),
                      max_objects: int = 6) -> bytes:
     """A grid (matplotlib): one column per object (the first ``max_objects``, one per image where possible),
@@ -105,7 +94,8 @@ def before_after_png(baseline: Sam, model: Sam, samples: Sequence[Sample], names
             iou, dice = iou_dice(pred, sample.masks[k])
             ax = fig.add_subplot(2, len(picks), r * len(picks) + c + 1)
             ax.set_axis_off()
-            ax.imshow(_tile(sample.image, sample.masks[k], pred), interpolation="nearest")
+            tile = outlined_prediction(sample.image, sample.masks[k], pred, mask_to_box(sample.masks[k]))
+            ax.imshow(tile, interpolation="nearest")
             ax.set_title(f"{name}: Dice {dice:.3f}", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -45,14 +45,18 @@ def per_image_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _tile(case: "Case") -> np.ndarray:
-    """The image with the predicted mask filled, its box prompt, and the ground truth outlined."""
-    tile = draw_overlay(case.image, case.pred, boxes=None if case.box is None else case.box[None])
-    width = max(1, round(min(case.gt.shape) / 256))
-    inner = cv2.erode(case.gt.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=width,
+def outlined_prediction(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """The image with the predicted mask filled, its box prompt (XYXY, or None), and the ground truth outlined."""
+    tile = draw_overlay(image, pred, boxes=None if box is None else box[None])
+    width = max(1, round(min(gt.shape) / 256))
+    inner = cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=width,
                       borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    tile[case.gt & ~inner] = GT_CONTOUR_COLOR
+    tile[gt & ~inner] = GT_CONTOUR_COLOR
     return tile
+
+
+def _tile(case: "Case") -> np.ndarray:
+    return outlined_prediction(case.image, case.gt, case.pred, case.box)
 
 
 def best_worst_png(best: Sequence["Case"], worst: Sequence["Case"]) -> bytes:

@@ -49,11 +49,11 @@ def save_adapter(path: str | Path, model: nn.Module, config: LoraConfig, base_fi
     if path.suffix != ".safetensors":
         raise ValueError(f"an adapter file must end in .safetensors, got {path}")
     tensors = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
-    replaced = sorted(k for k, v in model.state_dict().items()
-                      if LORA_KEY not in k and any(k.startswith(p) for p in trained_prefixes))
+    state = model.state_dict()
+    replaced = sorted(k for k in state if LORA_KEY not in k and any(k.startswith(p) for p in trained_prefixes))
     if trained_prefixes and not replaced:
         raise ValueError(f"no weight of the model starts with {trained_prefixes}")
-    tensors.update({k: model.state_dict()[k].detach().contiguous().clone() for k in replaced})
+    tensors.update({k: state[k].detach().contiguous().clone() for k in replaced})
     metadata = {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
@@ -111,11 +111,11 @@ def load_adapter(model: nn.Module, path: str | Path, check_base: bool = True) ->
         add_lora(model, config)
     except ValueError as e:
         raise ValueError(f"adapter {path} does not fit this model: {e}") from e
-    expected = {k for k in model.state_dict() if LORA_KEY in k} | set(metadata["replaces"])
+    shapes = model.state_dict()
+    expected = {k for k in shapes if LORA_KEY in k} | set(metadata["replaces"])
     if set(tensors) != expected:
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ValueError(f"adapter {path} does not fit this model: missing {missing[:6]}, unexpected {unexpected[:6]}")
-    shapes = model.state_dict()
     wrong = [k for k, v in tensors.items() if v.shape != shapes[k].shape]
     if wrong:
         raise ValueError(f"adapter {path} does not fit this model: shapes differ for {wrong[:6]}")

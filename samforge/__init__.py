@@ -3,7 +3,7 @@
 Drop-in names of the official packages::
 
     from samforge import sam_model_registry, SamPredictor
-    from samforge import build_sam2, SAM2ImagePredictor
+    from samforge import build_sam2, SAM2ImagePredictor, SAM2VideoPredictor, build_sam2_video_predictor
 """
 
 import os
@@ -13,7 +13,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from samforge.models import SAM2_CONFIGS, SAM_CONFIGS, SAM2Base, Sam, SamConfig, build_sam, build_sam2, sam_model_registry
-from samforge.predict import ResizeLongestSide, SAM2ImagePredictor, SamAutomaticMaskGenerator, SamPredictor
+from samforge.predict import (
+    ResizeLongestSide,
+    SAM2ImagePredictor,
+    SAM2VideoPredictor,
+    SamAutomaticMaskGenerator,
+    SamPredictor,
+    build_sam2_video_predictor,
+)
 
 __version__ = "0.1.0"
 
@@ -23,11 +30,13 @@ __all__ = [
     "ResizeLongestSide",
     "SAM2Base",
     "SAM2ImagePredictor",
+    "SAM2VideoPredictor",
     "Sam",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "build_sam",
     "build_sam2",
+    "build_sam2_video_predictor",
     "sam_model_registry",
 ]

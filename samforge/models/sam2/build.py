@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
-from samforge.models.sam2.config import SAM2_CONFIGS, ModelConfig, Sam2Config, load_sam2_config
+from samforge.models.sam2.config import SAM2_CONFIGS, VIDEO_PREDICTOR_KEYS, ModelConfig, Sam2Config, load_sam2_config
 from samforge.models.sam2.hiera import Hiera
 from samforge.models.sam2.image_encoder import FpnNeck, ImageEncoder
 from samforge.models.sam2.memory_attention import MemoryAttention, MemoryAttentionLayer
@@ -90,7 +90,7 @@ def build_sam2_model(cfg: Sam2Config) -> SAM2Base:
     """A SAM2Base with random weights from a typed configuration."""
     m = cfg.model
     skip = {"image_encoder", "memory_attention", "memory_encoder", "sam_mask_decoder_extra_args"}
-    skip.add("compile_image_encoder")  # accepted in configs, not a model argument
+    skip |= {"compile_image_encoder", *VIDEO_PREDICTOR_KEYS}  # accepted in configs, not model arguments
     scalars = {k: v for k, v in asdict(m).items() if k not in skip}
     return SAM2Base(
         image_encoder=_image_encoder(m),

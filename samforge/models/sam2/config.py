@@ -182,6 +182,15 @@ class ModelConfig:  # SAM2Base
     # the official default is None, which means the decoder's own defaults: these values
     sam_mask_decoder_extra_args: MaskDecoderExtraArgs = field(default_factory=MaskDecoderExtraArgs)
     compile_image_encoder: bool = False  # accepted for compatibility; samforge never compiles
+    # SAM2VideoPredictor's own settings (the official video build sets them on the model; SAM2Base ignores them)
+    fill_hole_area: int = 0
+    non_overlap_masks: bool = False
+    clear_non_cond_mem_around_input: bool = False
+    add_all_frames_to_correct_as_cond: bool = False
+
+
+VIDEO_PREDICTOR_KEYS = ("fill_hole_area", "non_overlap_masks", "clear_non_cond_mem_around_input",
+                        "add_all_frames_to_correct_as_cond")
 
 
 @dataclass

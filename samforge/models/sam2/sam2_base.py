@@ -1,9 +1,11 @@
-"""SAM2Base: SAM 2's image encoder, memory modules and SAM heads, with the image (no-memory) path.
+"""SAM2Base: SAM 2's image encoder, memory modules and SAM heads: the image path and one tracking step.
 
 Every parameter of the official ``SAM2Base`` exists here under its official name and shape, so official
 checkpoints load strictly. The image path is ``forward_image`` -> ``_prepare_backbone_features`` ->
-(``no_mem_embed`` added to the lowest-resolution level) -> ``_forward_sam_heads``; the memory attention
-and memory encoder are complete modules, run only by video tracking.
+(``no_mem_embed`` added to the lowest-resolution level) -> ``_forward_sam_heads``. Video tracking calls
+``track_step`` once per frame and object batch: the frame's features attend to the memory bank (past masks
+encoded by the memory encoder, and object pointers) before the SAM heads decode, and the prediction is then
+encoded into this frame's memory. ``samforge.predict.SAM2VideoPredictor`` keeps the bank.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from samforge.models.prompt_encoder import PromptEncoder
 from samforge.models.sam2.image_encoder import ImageEncoder
 from samforge.models.sam2.mask_decoder import SAM2MaskDecoder
 from samforge.models.sam2.memory_attention import MemoryAttention
+from samforge.models.sam2.memory_bank import get_1d_sine_pe, memory_frame_index, select_closest_cond_frames
 from samforge.models.sam2.memory_encoder import MemoryEncoder
 from samforge.models.transformer import TwoWayTransformer
 
@@ -286,3 +289,333 @@ class SAM2Base(nn.Module):
             obj_ptr,
             object_score_logits,
         )
+
+    # ----------------------------------------------------------------------------------------------------
+    # Tracking: memory-conditioned features, one step, memory encoding
+
+    def _use_mask_as_output(
+        self, backbone_features: torch.Tensor, high_res_features: list[torch.Tensor] | None, mask_inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Take a binary ``B x 1 x S x S`` mask prompt as the prediction itself (logits +-10), as
+        ``_forward_sam_heads`` would return it; the object pointer still comes from the SAM decoder."""
+        out_scale, out_bias = 20.0, -10.0
+        mask = mask_inputs.float()
+        high_res_masks = mask * out_scale + out_bias
+        low_res_masks = F.interpolate(
+            high_res_masks,
+            size=(high_res_masks.size(-2) // 4, high_res_masks.size(-1) // 4),
+            align_corners=False,
+            mode="bilinear",
+            antialias=True,
+        )
+        ious = mask_inputs.new_ones(mask_inputs.size(0), 1).float()
+        if self.use_obj_ptrs_in_encoder:
+            obj_ptr = self._forward_sam_heads(
+                backbone_features=backbone_features,
+                mask_inputs=self.mask_downsample(mask),
+                high_res_features=high_res_features,
+            )[5]
+        else:
+            obj_ptr = torch.zeros(mask_inputs.size(0), self.hidden_dim, device=mask_inputs.device)
+        # whether the object appears is read off the mask prompt, not the decoder's object score
+        appearing = torch.any(mask.flatten(1) > 0.0, dim=1)[..., None].float()
+        object_score_logits = out_scale * appearing + out_bias
+        if self.pred_obj_scores:
+            if self.fixed_no_obj_ptr:
+                obj_ptr = appearing * obj_ptr
+            obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
+        return low_res_masks, high_res_masks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits
+
+    def _spatial_memories(
+        self,
+        frame_idx: int,
+        selected_cond: dict[int, Any],
+        unselected_cond: dict[int, Any],
+        output_dict: dict[str, dict[int, Any]],
+        track_in_reverse: bool,
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(temporal slot, output) of every frame whose encoded mask this frame attends to. Conditioning frames
+        take slot 0; the last ``num_maskmem - 1`` tracked frames take slots 1 (oldest) .. num_maskmem - 1."""
+        memories = [(0, out) for out in selected_cond.values()]
+        stride = 1 if self.training else self.memory_temporal_stride_for_eval
+        for t_pos in range(1, self.num_maskmem):
+            prev_idx = memory_frame_index(frame_idx, self.num_maskmem - t_pos, stride, track_in_reverse)
+            out = output_dict["non_cond_frame_outputs"].get(prev_idx)
+            if out is None:  # an unselected conditioning frame among the recent ones still counts
+                out = unselected_cond.get(prev_idx)
+            if out is not None and out.get("maskmem_features") is not None:  # None: released by the predictor
+                memories.append((t_pos, out))
+        return memories
+
+    def _object_pointers(
+        self,
+        frame_idx: int,
+        selected_cond: dict[int, Any],
+        unselected_cond: dict[int, Any],
+        output_dict: dict[str, dict[int, Any]],
+        num_frames: int | None,
+        track_in_reverse: bool,
+    ) -> list[tuple[int, torch.Tensor]]:
+        """(temporal distance, object pointer B x C) of the conditioning frames and of up to
+        ``max_obj_ptrs_in_encoder - 1`` frames before this one (after it in reverse)."""
+        max_ptrs = min(num_frames, self.max_obj_ptrs_in_encoder)
+        sign = -1 if track_in_reverse else 1
+        cond = selected_cond
+        if not self.training and self.only_obj_ptrs_in_the_past_for_eval:
+            cond = {t: o for t, o in cond.items() if (t >= frame_idx if track_in_reverse else t <= frame_idx)}
+        ptrs = [
+            ((frame_idx - t) * sign if self.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t), out["obj_ptr"])
+            for t, out in cond.items()
+        ]
+        for t_diff in range(1, max_ptrs):
+            t = frame_idx + t_diff if track_in_reverse else frame_idx - t_diff
+            if t < 0 or (num_frames is not None and t >= num_frames):
+                break
+            out = output_dict["non_cond_frame_outputs"].get(t, unselected_cond.get(t))
+            if out is not None:
+                ptrs.append((t_diff, out["obj_ptr"]))
+        return ptrs
+
+    def _prepare_memory_conditioned_features(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        current_vision_feats: list[torch.Tensor],
+        current_vision_pos_embeds: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        output_dict: dict[str, dict[int, Any]],
+        num_frames: int | None,
+        track_in_reverse: bool = False,
+    ) -> torch.Tensor:
+        """The frame's lowest-resolution features (``HW x B x C``) after attending to the memory bank, as
+        ``B x C x H x W``. A first conditioning frame attends to the ``no_mem`` token only."""
+        b = current_vision_feats[-1].size(1)
+        c = self.hidden_dim
+        h, w = feat_sizes[-1]
+        device = current_vision_feats[-1].device
+        if self.num_maskmem == 0:  # SAM on images: no memory at all
+            return current_vision_feats[-1].permute(1, 2, 0).view(b, c, h, w)
+
+        num_obj_ptr_tokens = 0
+        if is_init_cond_frame:
+            if self.directly_add_no_mem_embed:
+                feat = current_vision_feats[-1] + self.no_mem_embed
+                return feat.permute(1, 2, 0).view(b, c, h, w)
+            memory = [self.no_mem_embed.expand(1, b, self.mem_dim)]
+            memory_pos = [self.no_mem_pos_enc.expand(1, b, self.mem_dim)]
+        else:
+            if not output_dict["cond_frame_outputs"]:
+                raise ValueError(f"frame {frame_idx} is tracked from memory but no frame was prompted")
+            selected, unselected = select_closest_cond_frames(
+                frame_idx, output_dict["cond_frame_outputs"], self.max_cond_frames_in_attn
+            )
+            memory, memory_pos = [], []
+            for t_pos, prev in self._spatial_memories(frame_idx, selected, unselected, output_dict, track_in_reverse):
+                memory.append(prev["maskmem_features"].to(device, non_blocking=True).flatten(2).permute(2, 0, 1))
+                pos = prev["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
+                memory_pos.append(pos + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
+            if self.use_obj_ptrs_in_encoder:
+                ptrs = self._object_pointers(frame_idx, selected, unselected, output_dict, num_frames, track_in_reverse)
+                if ptrs:
+                    distances, pointers = zip(*ptrs)
+                    obj_ptrs = torch.stack(pointers, dim=0)  # P x B x C
+                    if self.add_tpos_enc_to_obj_ptrs:
+                        max_distance = min(num_frames, self.max_obj_ptrs_in_encoder) - 1
+                        tpos_dim = c if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+                        obj_pos = torch.tensor(distances).to(device=device, non_blocking=True)
+                        obj_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(obj_pos / max_distance, dim=tpos_dim))
+                        obj_pos = obj_pos.unsqueeze(1).expand(-1, b, self.mem_dim)
+                    else:
+                        obj_pos = obj_ptrs.new_zeros(len(distances), b, self.mem_dim)
+                    if self.mem_dim < c:  # each pointer becomes c // mem_dim tokens
+                        split = c // self.mem_dim
+                        obj_ptrs = obj_ptrs.reshape(-1, b, split, self.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+                        obj_pos = obj_pos.repeat_interleave(split, dim=0)
+                    memory.append(obj_ptrs)
+                    memory_pos.append(obj_pos)
+                    num_obj_ptr_tokens = obj_ptrs.shape[0]
+
+        # memories are stored in bf16; with no pointer to promote them (the official code then fails on CPU) they
+        # are brought to the features' dtype here, which is what concatenation with fp32 pointers does anyway
+        feat = self.memory_attention(
+            curr=current_vision_feats,
+            curr_pos=current_vision_pos_embeds,
+            memory=torch.cat(memory, dim=0).to(current_vision_feats[-1].dtype),
+            memory_pos=torch.cat(memory_pos, dim=0),
+            num_obj_ptr_tokens=num_obj_ptr_tokens,
+        )
+        return feat.permute(1, 2, 0).view(b, c, h, w)
+
+    def _encode_new_memory(
+        self,
+        current_vision_feats: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        pred_masks_high_res: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        is_mask_from_pts: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """This frame's memory: its features fused with its predicted mask (``B x 1 x S x S`` logits).
+        Returns (features ``B x mem_dim x H x W``, [their position encoding])."""
+        b = current_vision_feats[-1].size(1)
+        h, w = feat_sizes[-1]
+        pix_feat = current_vision_feats[-1].permute(1, 2, 0).view(b, self.hidden_dim, h, w)
+        if self.non_overlap_masks_for_mem_enc and not self.training:
+            pred_masks_high_res = self._apply_non_overlapping_constraints(pred_masks_high_res)
+        if self.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts and not self.training:
+            mask_for_mem = (pred_masks_high_res > 0).float()
+        else:
+            mask_for_mem = torch.sigmoid(pred_masks_high_res)
+        if self.sigmoid_scale_for_mem_enc != 1.0:
+            mask_for_mem = mask_for_mem * self.sigmoid_scale_for_mem_enc
+        if self.sigmoid_bias_for_mem_enc != 0.0:
+            mask_for_mem = mask_for_mem + self.sigmoid_bias_for_mem_enc
+        out = self.memory_encoder(pix_feat, mask_for_mem, skip_mask_sigmoid=True)
+        features, pos_enc = out["vision_features"], out["vision_pos_enc"]
+        if self.no_obj_embed_spatial is not None:  # mark frames where the object is predicted absent
+            absent = 1 - (object_score_logits > 0).float()
+            features = features + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None].expand(
+                *features.shape
+            )
+        return features, pos_enc
+
+    def _track_step(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        current_vision_feats: list[torch.Tensor],
+        current_vision_pos_embeds: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        point_inputs: dict[str, torch.Tensor] | None,
+        mask_inputs: torch.Tensor | None,
+        output_dict: dict[str, dict[int, Any]],
+        num_frames: int | None,
+        track_in_reverse: bool,
+        prev_sam_mask_logits: torch.Tensor | None,
+    ) -> tuple[dict[str, Any], tuple[torch.Tensor, ...], list[torch.Tensor] | None, torch.Tensor]:
+        """The SAM heads on one frame: (outputs so far, SAM outputs, high-res features, conditioned features)."""
+        current_out: dict[str, Any] = {"point_inputs": point_inputs, "mask_inputs": mask_inputs}
+        high_res_features = None
+        if len(current_vision_feats) > 1:
+            high_res_features = [
+                x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+                for x, s in zip(current_vision_feats[:-1], feat_sizes[:-1])
+            ]
+        if mask_inputs is not None and self.use_mask_input_as_output_without_sam:
+            pix_feat = current_vision_feats[-1].permute(1, 2, 0).view(-1, self.hidden_dim, *feat_sizes[-1])
+            sam_outputs = self._use_mask_as_output(pix_feat, high_res_features, mask_inputs)
+        else:
+            pix_feat = self._prepare_memory_conditioned_features(
+                frame_idx=frame_idx,
+                is_init_cond_frame=is_init_cond_frame,
+                current_vision_feats=current_vision_feats[-1:],
+                current_vision_pos_embeds=current_vision_pos_embeds[-1:],
+                feat_sizes=feat_sizes[-1:],
+                output_dict=output_dict,
+                num_frames=num_frames,
+                track_in_reverse=track_in_reverse,
+            )
+            if prev_sam_mask_logits is not None:  # earlier logits of this frame refined by new clicks
+                if point_inputs is None or mask_inputs is not None:
+                    raise ValueError("prev_sam_mask_logits go with point inputs and no mask input")
+                mask_inputs = prev_sam_mask_logits
+            sam_outputs = self._forward_sam_heads(
+                backbone_features=pix_feat,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
+                high_res_features=high_res_features,
+                multimask_output=self._use_multimask(is_init_cond_frame, point_inputs),
+            )
+        return current_out, sam_outputs, high_res_features, pix_feat
+
+    def _encode_memory_in_output(
+        self,
+        current_vision_feats: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        point_inputs: dict[str, torch.Tensor] | None,
+        run_mem_encoder: bool,
+        high_res_masks: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        current_out: dict[str, Any],
+    ) -> None:
+        current_out["maskmem_features"] = current_out["maskmem_pos_enc"] = None
+        if run_mem_encoder and self.num_maskmem > 0:
+            features, pos_enc = self._encode_new_memory(
+                current_vision_feats=current_vision_feats,
+                feat_sizes=feat_sizes,
+                pred_masks_high_res=high_res_masks,
+                object_score_logits=object_score_logits,
+                is_mask_from_pts=point_inputs is not None,
+            )
+            current_out["maskmem_features"] = features
+            current_out["maskmem_pos_enc"] = pos_enc
+
+    def track_step(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        current_vision_feats: list[torch.Tensor],
+        current_vision_pos_embeds: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        point_inputs: dict[str, torch.Tensor] | None,
+        mask_inputs: torch.Tensor | None,
+        output_dict: dict[str, dict[int, Any]],
+        num_frames: int | None,
+        track_in_reverse: bool = False,
+        run_mem_encoder: bool = True,
+        prev_sam_mask_logits: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Predict one frame of a batch of objects from its prompts and the memory bank ``output_dict``
+        (``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``) and, with
+        ``run_mem_encoder``, encode the prediction as this frame's memory.
+
+        Returns ``{"point_inputs", "mask_inputs", "pred_masks" (B x 1 x S/4 x S/4 logits),
+        "pred_masks_high_res" (B x 1 x S x S), "obj_ptr" (B x C), "object_score_logits" (eval only),
+        "maskmem_features", "maskmem_pos_enc"}``.
+        """
+        current_out, sam_outputs, _, _ = self._track_step(
+            frame_idx,
+            is_init_cond_frame,
+            current_vision_feats,
+            current_vision_pos_embeds,
+            feat_sizes,
+            point_inputs,
+            mask_inputs,
+            output_dict,
+            num_frames,
+            track_in_reverse,
+            prev_sam_mask_logits,
+        )
+        _, _, _, low_res_masks, high_res_masks, obj_ptr, object_score_logits = sam_outputs
+        current_out["pred_masks"] = low_res_masks
+        current_out["pred_masks_high_res"] = high_res_masks
+        current_out["obj_ptr"] = obj_ptr
+        if not self.training:  # the video predictor re-encodes consolidated masks with it
+            current_out["object_score_logits"] = object_score_logits
+        self._encode_memory_in_output(
+            current_vision_feats,
+            feat_sizes,
+            point_inputs,
+            run_mem_encoder,
+            high_res_masks,
+            object_score_logits,
+            current_out,
+        )
+        return current_out
+
+    def _use_multimask(self, is_init_cond_frame: bool, point_inputs: dict[str, torch.Tensor] | None) -> bool:
+        """Multimask output for the first clicks on a prompted frame (as configured)."""
+        num_pts = 0 if point_inputs is None else point_inputs["point_labels"].size(1)
+        return (
+            self.multimask_output_in_sam
+            and (is_init_cond_frame or self.multimask_output_for_tracking)
+            and self.multimask_min_pt_num <= num_pts <= self.multimask_max_pt_num
+        )
+
+    def _apply_non_overlapping_constraints(self, pred_masks: torch.Tensor) -> torch.Tensor:
+        """Keep, at each pixel, only the highest-scoring object of the batch; the others' logits are
+        clamped to at most -10."""
+        if pred_masks.size(0) == 1:
+            return pred_masks
+        winner = torch.argmax(pred_masks, dim=0, keepdim=True)
+        index = torch.arange(pred_masks.size(0), device=pred_masks.device)[:, None, None, None]
+        return torch.where(winner == index, pred_masks, torch.clamp(pred_masks, max=-10.0))

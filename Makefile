@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[test]'
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation sam2
+	# the annotator's browser tests drive Debian's chromium (Playwright's own browser download is not used)
+	test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	touch $(STAMP)
 
 quickstart: $(STAMP)

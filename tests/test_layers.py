@@ -15,7 +15,8 @@ ALLOWED = {
     "data": {"data", "utils", "viz"},
     "viz": {"viz"},
     "utils": {"utils"},
-    "export": {"export", "models", "utils"},
+    "export": {"export", "models", "predict", "utils"},  # deployment: the predictors' preprocessing constants
+    "serve": {"serve", "predict", "data", "models", "utils"},  # a face: cli/ is the only layer it may not use
 }
 
 

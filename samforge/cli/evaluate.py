@@ -32,11 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "metrics.json, per_image.csv and best_worst.png to --out.",
     )
     add_model_args(p)
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", default=None,
                    help="COCO JSON file, image+mask folder, .npz, or synthetic[:N[:SIZE]]")
+    p.add_argument("--video", default=None, metavar="DATA",
+                   help="evaluate video tracking (SAM 2) instead: a DAVIS-layout folder (JPEGImages/, Annotations/) "
+                   "or synthetic-video[:N[:SIZE[:FRAMES[:SEED]]]]; writes video_metrics.json (J, F, J&F), "
+                   "per_object.csv and overlay.png")
+    p.add_argument("--prompt", default="box", choices=["box", "point", "mask"],
+                   help="with --video: each object's prompt on its first visible frame (default: box)")
     p.add_argument("--images", default=None, help="folder of the COCO images (default: beside the JSON)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="evaluate only the first N images (clips, with --video)")
     p.add_argument("--adapter", default=None,
                    help="LoRA adapter (.safetensors from samforge finetune) applied to the --checkpoint model; "
                    "the plain --checkpoint model is then the baseline unless --baseline names another")
@@ -49,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.data is None) == (args.video is None):
+        raise ValueError("give one of --data (images) or --video (clips)")
+    if args.video is not None:
+        return run_video(args)
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
     if args.seed < 0:
@@ -89,5 +100,41 @@ def run(args: argparse.Namespace) -> int:
                                    names=("baseline", "model"))
         write_comparison(out, comparison, picture)
         print(format_comparison(comparison))
+    print(f"wrote {out.resolve()}")
+    return 0
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """``--video``: track each object from its first visible frame with SAM2VideoPredictor, score J / F / J&F."""
+    import torch
+
+    from samforge.data.davis_dataset import open_video_dataset
+    from samforge.evaluate.video_metrics import evaluate_video, format_video_table
+    from samforge.predict.sam2_video_predictor import build_sam2_video_predictor
+
+    if args.model_type not in SAM2_CONFIGS:
+        raise ValueError(f"--video needs a SAM 2 model (--model sam2.1_hiera_t, ...), got {args.model_type!r}")
+    if args.adapter is not None or args.baseline is not None or args.images is not None:
+        raise ValueError("--adapter, --baseline and --images do not apply to --video")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint file not found: {args.checkpoint}")
+    dataset = open_video_dataset(args.video)  # before the (slow) model load: bad data fails fast
+    if args.checkpoint is None:
+        print(f"WARNING: no --checkpoint given: {args.model_type} has RANDOM weights (seed {args.seed}); "
+              "its masks show the pipeline working, not a trained model.")
+        torch.manual_seed(args.seed)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
+    predictor = build_sam2_video_predictor(args.model_type, args.checkpoint, device=device)
+    result = evaluate_video(predictor, dataset, prompt=args.prompt, max_clips=args.max_images)
+    for line in result.skipped[:MAX_BAD_SHOWN]:
+        print(f"skipped {line}")
+    out = Path(args.out)
+    result.write(out)
+    print(format_video_table(result.to_metrics_dict()))
     print(f"wrote {out.resolve()}")
     return 0

@@ -1,5 +1,5 @@
-"""``samforge export onnx``: write a SAM (v1) model, optionally with a LoRA adapter folded in, as ONNX files
-(``encoder.onnx``, ``decoder.onnx`` and, with ``--quantize int8``, ``decoder.int8.onnx``)."""
+"""``samforge export onnx``: write a SAM (v1) model, optionally with a LoRA adapter folded in, or a SAM 2 image
+model as ONNX files (``encoder.onnx``, ``decoder.onnx`` and, with ``--quantize int8``, ``decoder.int8.onnx``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import argparse
 from pathlib import Path
 
 from samforge.models.configs import SAM_CONFIGS
-from samforge.models.sam2 import SAM2_CONFIGS
+from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
+
+SAM2_TRUNK_KEY = "image_encoder.trunk.patch_embed.proj.weight"  # in every SAM 2 state dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     formats = p.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     o = formats.add_parser(
         "onnx",
-        help="SAM (v1) to ONNX: image encoder and prompt decoder (the official decoder interface)",
+        help="SAM (v1) or SAM 2 to ONNX: image encoder and prompt decoder",
         description="Load a SAM checkpoint (and a LoRA adapter, checked against it and merged), then write "
         "encoder.onnx (input: the normalised, padded 1x3xSxS image) and decoder.onnx (the interface of the official "
         "segment_anything ONNX decoder) to --out; --quantize int8 adds decoder.int8.onnx. Run them with "
-        "samforge.export.OnnxSamPredictor (onnxruntime, no PyTorch). Needs: pip install samforge[onnx].",
+        "samforge.export.OnnxSamPredictor (onnxruntime, no PyTorch). With a SAM 2 model (--model sam2.1_hiera_t, "
+        "..., or a SAM 2 checkpoint) the encoder outputs image_embed, high_res_feats_0 and high_res_feats_1 and the "
+        "decoder takes them (samforge.export.OnnxSAM2ImagePredictor runs them). Needs: pip install samforge[onnx].",
     )
     o.add_argument(
         "--model-type",
@@ -27,12 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="model_type",
         default=None,
         metavar="MODEL",
-        help=f"SAM configuration: one of {', '.join(['default', *SAM_CONFIGS])}; optional with a samforge "
-        "checkpoint (which records it), guessed from the weights' shapes otherwise",
+        help=f"model configuration: SAM ({', '.join(['default', *SAM_CONFIGS])}) or SAM 2 "
+        f"({', '.join(SAM2_CONFIGS)}); optional with a samforge checkpoint (which records it), guessed from the "
+        "weights' shapes otherwise",
     )
-    o.add_argument("--checkpoint", required=True, help="weights file (.pth/.pt official SAM or samforge; .safetensors)")
+    o.add_argument("--checkpoint", required=True,
+                   help="weights file (.pth/.pt official SAM or SAM 2, or samforge; .safetensors)")
     o.add_argument(
-        "--adapter", default=None, help="LoRA adapter (.safetensors) trained on --checkpoint, merged before export"
+        "--adapter", default=None,
+        help="LoRA adapter (.safetensors) trained on --checkpoint, merged before export (SAM v1 models only)",
     )
     o.add_argument("--out", required=True, help="output directory (created if needed; files in it are replaced)")
     o.add_argument("--opset", type=int, default=None, help="ONNX opset, 14..20 (default 17)")
@@ -40,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument(
         "--return-single-mask",
         action="store_true",
-        help="decoder outputs one mask chosen by the official rule instead of all four (M = 1)",
+        help="decoder outputs one mask chosen by the official rule instead of all four (M = 1); for SAM 2 the "
+        "mask SAM2ImagePredictor gives with multimask_output=False",
     )
     o.add_argument("--decoder-only", action="store_true", help="write the decoder only (no encoder.onnx)")
     o.set_defaults(run=run_onnx)
@@ -59,10 +68,13 @@ def run_onnx(args: argparse.Namespace) -> int:
     )
 
     opset = check_opset(DEFAULT_OPSET if args.opset is None else args.opset)
-    if args.model_type in SAM2_CONFIGS:
-        raise ValueError(f"--model-type {args.model_type}: ONNX export of SAM 2 is not supported yet (SAM v1 only)")
-    if args.model_type is not None and args.model_type not in ("default", *SAM_CONFIGS):
-        raise ValueError(f"--model-type must be one of {['default', *SAM_CONFIGS]}, got {args.model_type!r}")
+    if args.model_type is not None and args.model_type not in ("default", *SAM_CONFIGS, *SAM2_CONFIGS):
+        raise ValueError(f"--model-type must be one of {['default', *SAM_CONFIGS, *SAM2_CONFIGS]}, "
+                         f"got {args.model_type!r}")
+    if args.model_type in SAM2_CONFIGS and args.adapter is not None:
+        raise ValueError(f"--adapter: LoRA adapters are not supported on SAM 2 models yet (samforge's LoRA adapts "
+                         f"SAM (v1) ViT image encoders only), got --model-type {args.model_type}; export without "
+                         "--adapter")
     out = check_out_dir(args.out)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
@@ -76,12 +88,25 @@ def run_onnx(args: argparse.Namespace) -> int:
     except OnnxDependencyError as e:
         raise ValueError(str(e)) from e  # printed as a plain error, exit code 2
 
-    from samforge.models.build import load_sam
     from samforge.models.lora import merge_lora
     from samforge.train.adapter_file import load_adapter
 
-    model = load_sam(checkpoint, args.model_type)
+    model = _load_model(checkpoint, args.model_type)
     note = ""
+    if isinstance(model, SAM2Base):
+        if args.adapter is not None:  # a SAM 2 checkpoint recognised from its weights
+            raise ValueError(f"--adapter: LoRA adapters are not supported on SAM 2 models yet (samforge's LoRA "
+                             f"adapts SAM (v1) ViT image encoders only), and {checkpoint} is a SAM 2 checkpoint "
+                             f"({model.config_name}); export without --adapter")
+        from samforge.export.onnx_sam2 import export_sam2_onnx
+
+        parts = ("decoder",) if args.decoder_only else ("encoder", "decoder")
+        files = export_sam2_onnx(model, out, opset=opset, quantize=args.quantize,
+                                 return_single_mask=args.return_single_mask, parts=parts)
+        print(f"exported {checkpoint} (SAM 2, {model.config_name}) to ONNX (opset {opset}):")
+        for key, path in files.items():
+            print(f"  {key}: {path.resolve()}")
+        return 0
     if args.adapter is not None:
         config = load_adapter(model, args.adapter)  # raises when the adapter was trained on another base
         merge_lora(model)
@@ -93,3 +118,38 @@ def run_onnx(args: argparse.Namespace) -> int:
     for key, path in files.items():
         print(f"  {key}: {path.resolve()}")
     return 0
+
+
+def _load_model(checkpoint: Path, model_type: str | None) -> Sam | SAM2Base:
+    """The SAM or SAM 2 model of ``checkpoint`` on CPU. Without ``model_type`` the file is read as SAM (v1) first
+    (a samforge checkpoint records its configuration, an official one is recognised by its shapes), then as SAM 2."""
+    from samforge.models.build import load_sam
+    from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
+    from samforge.models.sam2 import build_sam2, guess_sam2_config
+
+    def as_sam2(state_dict: dict, name: str) -> SAM2Base:
+        guess = guess_sam2_config(state_dict)
+        hint = f"The file looks like a {guess!r} checkpoint." if guess not in (None, name) else ""
+        model = build_sam2(name, None, device="cpu")
+        load_state_dict_strict(model, state_dict, source=f"checkpoint {checkpoint} (SAM 2 config {name!r})", hint=hint)
+        return model
+
+    if model_type in SAM2_CONFIGS:
+        state_dict = read_state_dict(checkpoint)
+        if SAM2_TRUNK_KEY not in state_dict:
+            raise ValueError(f"--checkpoint {checkpoint} is not a SAM 2 checkpoint (it has no {SAM2_TRUNK_KEY}), but "
+                             f"--model-type {model_type} is a SAM 2 model; pass the SAM (v1) model type instead")
+        return as_sam2(state_dict, model_type)
+    if model_type is not None:
+        return load_sam(checkpoint, model_type)
+    try:
+        return load_sam(checkpoint, None)
+    except ValueError:
+        state_dict = read_state_dict(checkpoint)
+        if SAM2_TRUNK_KEY not in state_dict:
+            raise
+        name = guess_sam2_config(state_dict)
+        if name is None:
+            raise ValueError(f"{checkpoint} is a SAM 2 checkpoint of no known size: pass --model-type, one of "
+                             f"{list(SAM2_CONFIGS)}") from None
+        return as_sam2(state_dict, name)

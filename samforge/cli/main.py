@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, segment_everything, synth, train
+from samforge.cli import annotate
+from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, segment_everything, synth, track, train
 
-SUBCOMMANDS = (predict, segment_everything, synth, train, finetune, lora, evaluate, quickstart, export)
+SUBCOMMANDS = (predict, segment_everything, synth, train, finetune, lora, evaluate, quickstart, export, annotate, track)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, IndexError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"samforge {args.command}: error: {msg}", file=sys.stderr)
         return 2

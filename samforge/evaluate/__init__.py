@@ -21,6 +21,13 @@ from samforge.evaluate.protocols import (
     run_protocols_many,
 )
 from samforge.evaluate.report import format_table
+from samforge.evaluate.video_metrics import (
+    VideoEvalResult,
+    boundary_f,
+    davis_statistics,
+    evaluate_video,
+    jaccard,
+)
 
 __all__ = [
     "CLICKS_REPORTED", "MAX_CLICKS", "NOC_THRESHOLDS", "PROTOCOLS",
@@ -28,4 +35,5 @@ __all__ = [
     "click_loop", "click_loops", "evaluate_dataset", "evaluate_image", "format_table",
     "iou_dice", "iou_dice_torch", "mask_dice", "mask_iou", "noc", "predict_prompts", "protocol_prompts",
     "run_protocols", "run_protocols_many",
+    "VideoEvalResult", "boundary_f", "davis_statistics", "evaluate_video", "jaccard",
 ]

@@ -90,7 +90,7 @@ def _require_quantization():
 def _check_sam(model: object) -> Sam:
     if not isinstance(model, Sam):
         kind = type(model).__name__
-        extra = " (ONNX export of SAM 2 is not supported yet)" if "SAM2" in kind else ""
+        extra = " (export SAM 2 models with samforge.export.export_sam2_onnx)" if "SAM2" in kind else ""
         raise TypeError(f"model must be a samforge SAM (v1) Sam model, got {kind}{extra}")
     return model
 

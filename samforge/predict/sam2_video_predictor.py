@@ -669,7 +669,7 @@ class SAM2VideoPredictor:
         if not torch.isfinite(p).all():
             raise ValueError("points must be finite")
         if not torch.isin(lab, torch.tensor([-1, 0, 1, 2, 3], dtype=torch.int32)).all():
-            raise ValueError(f"labels must be 1 (foreground) or 0 (background), got {lab.flatten().tolist()}")
+            raise ValueError(f"labels must be 1 (foreground), 0 (background), 2/3 (box corners) or -1 (padding), got {lab.flatten().tolist()}")
         return p, lab
 
 

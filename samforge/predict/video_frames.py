@@ -145,7 +145,7 @@ class _ArrayFrames:
             raise ValueError("an array clip must be uint8 T x H x W x 3 (or T x H x W), got "
                              f"{frames.dtype} of shape {frames.shape}")
         if frames.shape[0] == 0:
-            raise ValueError("the clip has no frames (array of shape {frames.shape})")
+            raise ValueError(f"the clip has no frames (array of shape {frames.shape})")
         self.frames = frames
         self.size = frames.shape[1:3]
         self.names = [f"{i:05d}" for i in range(len(frames))]

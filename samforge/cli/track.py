@@ -1,0 +1,187 @@
+"""``samforge track``: prompt objects on a frame of a clip (or a slice of a 3D scan) and follow them through it.
+
+Writes to ``--out``: ``masks/<frame>.png`` (one label PNG per frame: 0 background, k the k-th object),
+``overlay.gif`` (the clip with each object in its colour; long clips are subsampled to at most 200 frames),
+``objects.json`` (per object and frame: box and area), and for a volume ``mask.nii.gz`` (or ``mask.npz``)
+with the input's affine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from samforge.cli.common import add_model_args, load_model, parse_floats
+from samforge.data.volume_clip import is_volume_path, read_volume_clip, write_volume_mask
+from samforge.models.sam2 import SAM2Base
+from samforge.predict.sam2_video_predictor import SAM2VideoPredictor
+from samforge.utils.atomic import atomic_write_bytes, save_png
+from samforge.viz.overlay import draw_overlay
+
+MAX_GIF_FRAMES = 200
+GIF_SIDE = 320
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "track",
+        help="follow objects through a video or a 3D scan from prompts on one frame (SAM 2)",
+        description="Prompt one frame of a clip (a folder of JPEG/PNG frames, a video file, or a NIfTI/.npz "
+        "volume as a clip of slices) and propagate the objects both ways through it. Writes masks/, "
+        "overlay.gif, objects.json (and mask.nii.gz for a volume) to --out.",
+    )
+    add_model_args(p, default_model=None)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="a folder of frames or a video file (.mp4, .avi, ...)")
+    src.add_argument("--volume", help="a 3-D scan: .nii / .nii.gz (NIfTI) or .npz with 'imgs' (MedSAM)")
+    p.add_argument("--frame", type=int, default=0, help="the frame (slice) the prompts are on (default 0)")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="a point of object 1 on --frame; LABEL 1 foreground (default) or 0; repeat for more")
+    p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1", help="a box around object 1 on --frame")
+    p.add_argument("--prompts", default=None, metavar="JSON",
+                   help='several objects: a JSON file [{"obj_id": 1, "frame": 0, "points": [[x, y]], '
+                   '"labels": [1], "box": [x0, y0, x1, y1]}, ...] (points and/or box per entry)')
+    p.add_argument("--direction", choices=["both", "forward", "backward"], default="both",
+                   help="propagate from the first prompted frame forwards, backwards, or both (default)")
+    p.add_argument("--axis", type=int, default=2, help="volume axis to slice along (default 2)")
+    p.add_argument("--window", default=None, metavar="LEVEL,WIDTH", help="CT window for a volume (default: "
+                   "0.5-99.5 percentiles of the volume)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=run)
+
+
+def _prompts_from_args(args: argparse.Namespace) -> list[dict]:
+    if args.prompts is not None:
+        if args.point or args.box:
+            raise ValueError("give --prompts or --point/--box, not both")
+        try:
+            entries = json.loads(Path(args.prompts).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--prompts {args.prompts}: not a readable JSON file ({e})") from e
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"--prompts {args.prompts}: expected a non-empty JSON list of objects, got {entries!r:.80}")
+        prompts = []
+        for i, e in enumerate(entries):
+            unknown = set(e) - {"obj_id", "frame", "points", "labels", "box"}
+            if unknown or "obj_id" not in e or not ("points" in e or "box" in e):
+                raise ValueError(f"--prompts entry {i}: expected obj_id, frame, points (+labels) and/or box, got {e}")
+            points = e.get("points")
+            labels = e.get("labels", [1] * len(points) if points is not None else None)
+            prompts.append({"obj_id": e["obj_id"], "frame": int(e.get("frame", args.frame)),
+                            "points": points, "labels": labels, "box": e.get("box")})
+        return prompts
+    points = [parse_floats(s, (2, 3), "--point") for s in args.point]
+    if not points and args.box is None:
+        raise ValueError("give a prompt: --point X,Y[,LABEL], --box X0,Y0,X1,Y1, or --prompts FILE.json")
+    return [{
+        "obj_id": 1,
+        "frame": args.frame,
+        "points": [p[:2] for p in points] or None,
+        "labels": [int(p[2]) if len(p) == 3 else 1 for p in points] or None,
+        "box": parse_floats(args.box, (4,), "--box") if args.box is not None else None,
+    }]
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = _prompts_from_args(args)
+    out = Path(args.out)
+    clip = None
+    if args.volume is not None:
+        if not is_volume_path(args.volume):
+            raise ValueError(f"--volume {args.volume}: expected a .nii, .nii.gz or .npz file")
+        window = tuple(parse_floats(args.window, (2,), "--window")) if args.window else None
+        clip = read_volume_clip(args.volume, axis=args.axis, window=window)
+        source = clip.frames
+    else:
+        source = args.video
+    model = load_model(args)
+    if not isinstance(model, SAM2Base):
+        raise ValueError(f"tracking needs a SAM 2 model (--model sam2.1_hiera_t, ...), got {args.model_type}")
+    m = model.config.model
+    predictor = SAM2VideoPredictor(
+        model, fill_hole_area=8, non_overlap_masks=m.non_overlap_masks,
+        clear_non_cond_mem_around_input=m.clear_non_cond_mem_around_input,
+        add_all_frames_to_correct_as_cond=m.add_all_frames_to_correct_as_cond,
+    )
+    model.binarize_mask_from_pts_for_mem_enc = True  # as the official video build sets it
+    # one pass each way from the prompts: releasing memory that left the window changes no result here
+    state = predictor.init_state(source, release_old_memory=True)
+    for p in prompts:
+        predictor.add_new_points_or_box(state, p["frame"], p["obj_id"], points=p["points"], labels=p["labels"],
+                                        box=p["box"])
+    labels_per_frame = track_clip(predictor, state, args.direction)
+    summary = write_outputs(out, state, labels_per_frame, clip)
+    n = len(labels_per_frame)
+    print(f"tracked {len(state['obj_ids'])} object(s) over {n} of {state['num_frames']} frames; "
+          f"present on {summary['frames_with_objects']} frames")
+    print(f"wrote {out.resolve()}")
+    return 0
+
+
+def track_clip(predictor: SAM2VideoPredictor, state: dict, direction: str) -> dict[int, np.ndarray]:
+    """Propagate and return ``{frame_idx: H x W uint16 label image}`` (label k = the k-th object)."""
+    labels: dict[int, np.ndarray] = {}
+    passes = {"forward": [False], "backward": [True], "both": [False, True]}[direction]
+    for reverse in passes:
+        for frame_idx, _, masks in predictor.propagate_in_video(state, reverse=reverse):
+            labels[frame_idx] = masks_to_labels(masks)
+    return dict(sorted(labels.items()))
+
+
+def masks_to_labels(masks: torch.Tensor) -> np.ndarray:
+    """``K x 1 x H x W`` logits -> ``H x W`` uint16 labels: at each pixel the highest-scoring object above 0."""
+    logits = masks[:, 0].float()
+    best = logits.argmax(dim=0)
+    fg = logits.max(dim=0).values > 0
+    return torch.where(fg, best + 1, 0).to(torch.int32).cpu().numpy().astype(np.uint16)
+
+
+def write_outputs(out: Path, state: dict, labels: dict[int, np.ndarray], clip=None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    obj_ids = list(state["obj_ids"])
+    frames = state["images"]
+    objects: dict[str, dict] = {str(o): {"frames": {}} for o in obj_ids}
+    stride = max(1, -(-len(labels) // MAX_GIF_FRAMES))
+    gif = []
+    for i, (t, lab) in enumerate(labels.items()):
+        name = Path(frames.names[t]).stem
+        save_png(lab.astype(np.uint8) if lab.max() < 256 else lab, out / "masks" / f"{name}.png")
+        for k, oid in enumerate(obj_ids, start=1):
+            ys, xs = np.nonzero(lab == k)
+            if xs.size:
+                objects[str(oid)]["frames"][str(t)] = {
+                    "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                    "area": int(xs.size),
+                }
+        if i % stride == 0:
+            rgb = frames.rgb(t)
+            overlay = draw_overlay(rgb, [lab == k for k in range(1, len(obj_ids) + 1)])
+            img = Image.fromarray(overlay)
+            img.thumbnail((GIF_SIDE, GIF_SIDE))
+            gif.append(img)
+    if gif:
+        buf = io.BytesIO()
+        gif[0].save(buf, format="GIF", save_all=True, append_images=gif[1:], duration=100, loop=0)
+        atomic_write_bytes(out / "overlay.gif", buf.getvalue())
+    summary = {
+        "obj_ids": obj_ids,
+        "num_frames": state["num_frames"],
+        "frames_tracked": sorted(labels),
+        "frames_with_objects": sum(1 for lab in labels.values() if lab.any()),
+        "objects": objects,
+    }
+    atomic_write_bytes(out / "objects.json", json.dumps(summary, indent=1).encode())
+    if clip is not None:
+        stack = np.zeros(clip.frames.shape[:3], dtype=np.uint16)
+        for t, lab in labels.items():
+            stack[t] = lab
+        suffix = ".npz" if clip.affine is None else ".nii.gz"
+        write_volume_mask(stack, clip, out / f"mask{suffix}")
+    return summary

@@ -1,11 +1,14 @@
-"""SamAutomaticMaskGenerator ("segment everything"), ours vs the official segment_anything, side by side.
+"""Automatic masks ("segment everything"), ours vs the official code, side by side: SamAutomaticMaskGenerator
+vs segment_anything's for a SAM model type, SAM2AutomaticMaskGenerator vs sam2's for a SAM 2 one.
 
     .venv/bin/python benchmarks/amg.py [--model-type vit_b] [--size 1024x768] [--points-per-side 32]
                                        [--low-thresholds] [--repeats 1] [--device cpu] [--no-memory]
+    .venv/bin/python benchmarks/amg.py --model-type sam2.1_hiera_t [--use-m2m] ...
 
-Both generators hold the same random weights (``tests/conftest.make_pair``: the official model perturbed off
-its initial values, copied into ours), and run on the same synthetic scene (``make_scene``). Random weights
-predict low IoUs, so with the default thresholds (0.88 / 0.95) few or no masks survive: ``--low-thresholds``
+Both generators hold the same random weights (``tests/conftest.make_pair`` / ``tests/sam2_oracle.make_sam2_pair``:
+the official model perturbed off its initial values, copied into ours), and run on the same synthetic scene
+(``make_scene``). Random weights predict low IoUs, so with the default thresholds (SAM 0.88 / 0.95, SAM 2 0.8 /
+0.95) few or no masks survive: ``--low-thresholds``
 sets ``pred_iou_thresh`` and ``stability_score_thresh`` to 0 so that the whole pipeline (filters, NMS, RLE)
 has masks to work on. Reports:
 
@@ -24,7 +27,9 @@ has masks to work on. Reports:
   the parent's size (which a vfork()ed child's ``ru_maxrss`` can inherit) does not leak in. On CUDA the
   children also report ``torch.cuda.max_memory_allocated`` during the call.
 
-This is a benchmark, not a test: with vit_b on a CPU it takes minutes.
+This is a benchmark, not a test: with vit_b on a CPU it takes minutes. For SAM 2 keep ``--min-mask-region-area``
+at 0 on CPU: the official code then skips its small-region step (it needs a CUDA extension) and ours does it,
+so the masks differ by design.
 """
 
 from __future__ import annotations
@@ -48,11 +53,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_pair  # noqa: E402  (the same oracle builder the parity tests use)
 from pycocotools import mask as mask_utils  # noqa: E402
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as OfficialSAM2Generator  # noqa: E402
+from sam2_oracle import make_sam2_pair  # noqa: E402
 from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator  # noqa: E402
 
-from samforge import SamAutomaticMaskGenerator  # noqa: E402
+from samforge import SAM2AutomaticMaskGenerator, SamAutomaticMaskGenerator  # noqa: E402
 from samforge.data.synthetic import make_scene  # noqa: E402
 from samforge.models.configs import SAM_CONFIGS  # noqa: E402
+from samforge.models.sam2 import SAM2_CONFIGS  # noqa: E402
 
 SIDES = ("official", "samforge")
 
@@ -69,11 +77,25 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def is_sam2(args: argparse.Namespace) -> bool:
+    return args.model_type in SAM2_CONFIGS
+
+
+def generator_classes(args: argparse.Namespace) -> tuple[type, type]:
+    """(official generator class, ours) for the model type."""
+    if is_sam2(args):
+        return OfficialSAM2Generator, SAM2AutomaticMaskGenerator
+    return OfficialGenerator, SamAutomaticMaskGenerator
+
+
 def generator_kwargs(args: argparse.Namespace) -> dict:
+    pred_iou_thresh = args.pred_iou_thresh if args.pred_iou_thresh is not None else (0.8 if is_sam2(args) else 0.88)
     kw = dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
-              pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+              pred_iou_thresh=pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
               box_nms_thresh=args.box_nms_thresh, crop_n_layers=args.crop_n_layers,
               min_mask_region_area=args.min_mask_region_area)
+    if is_sam2(args):
+        kw["use_m2m"] = args.use_m2m
     if args.low_thresholds:
         kw.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)
     return kw
@@ -81,7 +103,10 @@ def generator_kwargs(args: argparse.Namespace) -> dict:
 
 def build(args: argparse.Namespace, side: str | None = None):
     """(official generator, ours) on the device; ``side`` keeps only that one (the other is None)."""
-    official, ours = make_pair(args.model_type, seed=args.seed)
+    if is_sam2(args):
+        official, ours = make_sam2_pair(args.model_type, seed=args.seed)
+    else:
+        official, ours = make_pair(args.model_type, seed=args.seed)
     if side == "official":
         ours = None
     elif side == "samforge":
@@ -89,8 +114,9 @@ def build(args: argparse.Namespace, side: str | None = None):
     gc.collect()
     device = torch.device(args.device)
     kw = generator_kwargs(args)
-    gen_off = OfficialGenerator(official.to(device), **kw) if official is not None else None
-    gen_ours = SamAutomaticMaskGenerator(ours.to(device), **kw) if ours is not None else None
+    official_cls, our_cls = generator_classes(args)
+    gen_off = official_cls(official.to(device), **kw) if official is not None else None
+    gen_ours = our_cls(ours.to(device), **kw) if ours is not None else None
     return gen_off, gen_ours
 
 
@@ -180,16 +206,18 @@ def match(ours: list[dict], official: list[dict], min_iou: float = 0.99) -> tupl
 # --------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", default="vit_b", choices=sorted(SAM_CONFIGS))
+    parser.add_argument("--model-type", default="vit_b", choices=sorted(SAM_CONFIGS) + sorted(SAM2_CONFIGS))
     parser.add_argument("--size", type=parse_size, default=(768, 1024), metavar="WxH",
                         help="synthetic image size, width x height (default 1024x768)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    parser.add_argument("--pred-iou-thresh", type=float, default=None,
+                        help="default: the generator's own (0.88 SAM, 0.8 SAM 2)")
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--box-nms-thresh", type=float, default=0.7)
     parser.add_argument("--crop-n-layers", type=int, default=0)
     parser.add_argument("--min-mask-region-area", type=int, default=0)
+    parser.add_argument("--use-m2m", action="store_true", help="SAM 2 only: use_m2m=True")
     parser.add_argument("--low-thresholds", action="store_true",
                         help="pred_iou_thresh = stability_score_thresh = 0 (random weights predict low IoUs)")
     parser.add_argument("--repeats", type=int, default=1, help="timed generate calls per side (median)")
@@ -203,6 +231,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 0:
         parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.use_m2m and not is_sam2(args):
+        parser.error(f"--use-m2m is for SAM 2 model types, got --model-type {args.model_type}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -216,8 +246,9 @@ def main() -> None:
     gen_off, gen_ours = build(args)
     image = the_image(args)
     kw = generator_kwargs(args)
-    warm = [OfficialGenerator(gen_off.predictor.model, **{**kw, "points_per_side": 1}),
-            SamAutomaticMaskGenerator(gen_ours.predictor.model, **{**kw, "points_per_side": 1})]
+    official_cls, our_cls = generator_classes(args)
+    warm = [official_cls(gen_off.predictor.model, **{**kw, "points_per_side": 1}),
+            our_cls(gen_ours.predictor.model, **{**kw, "points_per_side": 1})]
     for _ in range(args.warmup):
         for gen in warm:
             gen.generate(image)
@@ -236,7 +267,7 @@ def main() -> None:
     ours_matched, off_matched = match(results["samforge"], results["official"])
 
     h, w = args.size
-    print(f"SamAutomaticMaskGenerator: {args.model_type} random weights (seed {args.seed}, perturbed), "
+    print(f"{our_cls.__name__}: {args.model_type} random weights (seed {args.seed}, perturbed), "
           f"{w}x{h} synthetic scene, device {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in kw.items())

@@ -3,7 +3,8 @@
 Drop-in names of the official packages::
 
     from samforge import sam_model_registry, SamPredictor
-    from samforge import build_sam2, SAM2ImagePredictor, SAM2VideoPredictor, build_sam2_video_predictor
+    from samforge import build_sam2, SAM2ImagePredictor, SAM2AutomaticMaskGenerator
+    from samforge import SAM2VideoPredictor, build_sam2_video_predictor
 """
 
 import os
@@ -15,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from samforge.models import SAM2_CONFIGS, SAM_CONFIGS, SAM2Base, Sam, SamConfig, build_sam, build_sam2, sam_model_registry
 from samforge.predict import (
     ResizeLongestSide,
+    SAM2AutomaticMaskGenerator,
     SAM2ImagePredictor,
     SAM2VideoPredictor,
     SamAutomaticMaskGenerator,
@@ -28,6 +30,7 @@ __all__ = [
     "SAM2_CONFIGS",
     "SAM_CONFIGS",
     "ResizeLongestSide",
+    "SAM2AutomaticMaskGenerator",
     "SAM2Base",
     "SAM2ImagePredictor",
     "SAM2VideoPredictor",

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from samforge.cli.main import main
+from samforge import build_sam2
+from samforge.cli.main import build_parser, main
+from samforge.cli.segment_everything import _check_flags
 from samforge.data.readers import open_dataset
 from samforge.data.synthetic import make_scene
 from samforge.predict import amg_utils
@@ -202,13 +204,19 @@ def test_rerun_with_other_settings_is_refused(first_run, tmp_path, capsys):
     ("--points-per-batch", "0", "--points-per-batch must be an int >= 1, got 0"),
     ("--pred-iou-thresh", "1.5", "--pred-iou-thresh must be a number in [0.0, 1.0], got 1.5"),
     ("--crop-n-layers", "-1", "--crop-n-layers must be an int >= 0, got -1"),
-    ("--model-type", "sam2.1_hiera_t", "SAM v1 models"),
 ])
 def test_bad_flags_exit_2(first_run, tmp_path, capsys, flag, value, said):
     argv = [first_run["images"], "--model-type", "vit_small", "--out", tmp_path / "out", flag, value]
     code, _, stderr = run_cli(capsys, *argv)
     assert code == 2 and said in stderr
     assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_use_m2m_with_a_sam_model_exits_2(first_run, tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, first_run["images"], "--model-type", "vit_small", "--use-m2m",
+                              "--out", tmp_path / "out")
+    assert code == 2 and "--use-m2m is for SAM 2 models" in stderr and "got --model-type vit_small" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_folders_exit_2(tmp_path, capsys):
@@ -314,3 +322,54 @@ def test_amg_outputs_input_errors(call, error, said):
     with pytest.raises(error) as e:
         call()
     assert said in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ SAM 2
+def test_sam2_model_segments_a_folder(tmp_path, capsys):
+    """A SAM 2.1 tiny checkpoint in the official layout (random weights): the same outputs as with SAM, holding
+    SAM2AutomaticMaskGenerator's records (that generator is checked against the official one in test_sam2_amg)."""
+    torch.manual_seed(3)
+    model = build_sam2("sam2.1_hiera_t", device="cpu")
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    images = tmp_path / "images"
+    images.mkdir()
+    scene = make_scene(5, image_size=HW).image
+    Image.fromarray(scene).save(images / "s.png")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        capsys, images, "--model", "sam2.1_hiera_t", "--checkpoint", checkpoint, "--points-per-side", "2",
+        "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--box-nms-thresh", "1.0", "--out", out)
+    assert code == 0, stderr
+    assert "RANDOM" not in stdout and "1 images, 12 masks" in stdout  # 4 points, 3 masks each, none dropped
+
+    records = json.loads((out / "masks" / "s.json").read_text())
+    h, w = HW
+    grid = {(x * w / 4, y * h / 4) for x in (1, 3) for y in (1, 3)}  # the 2x2 grid's cell centres
+    assert {tuple(r["point_coords"][0]) for r in records} == grid
+    masks = decode_records(records)
+    for r, m in zip(records, masks):
+        assert set(r) == RECORD_KEYS and r["crop_box"] == [0, 0, w, h] and r["area"] == int(m.sum())
+        assert 0.0 <= r["predicted_iou"] <= 1.0  # SAM 2's IoU head ends in a sigmoid
+    with Image.open(out / "labels" / "s.png") as im:
+        assert np.asarray(im).shape == HW
+    assert read_png(out / "overlays" / "s.png").shape == (*HW, 3)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model_type"] == "sam2.1_hiera_t" and settings["use_m2m"] is False
+    assert settings["pred_iou_thresh"] == 0.0
+    dataset = open_dataset(out / "annotations.json", images=images)
+    assert len(dataset) == 1 and dataset[0].masks.shape[1:] == HW
+
+
+def test_pred_iou_thresh_defaults_to_each_generators_own(tmp_path):
+    """0.88 for SAM (segment_anything's default), 0.8 for SAM 2 (sam2's), unless given."""
+    parser = build_parser()
+
+    def flags(*argv):
+        return _check_flags(parser.parse_args(["segment-everything", str(tmp_path), "--out", str(tmp_path), *argv]))
+
+    assert flags("--model", "vit_b")["pred_iou_thresh"] == 0.88 and "use_m2m" not in flags("--model", "vit_b")
+    assert flags("--model", "sam2.1_hiera_s") == {**flags("--model", "vit_b"), "pred_iou_thresh": 0.8,
+                                                  "use_m2m": False}
+    assert flags("--model", "sam2.1_hiera_t", "--pred-iou-thresh", "0.5", "--use-m2m")["use_m2m"] is True
+    assert flags("--model", "sam2.1_hiera_t", "--pred-iou-thresh", "0.5")["pred_iou_thresh"] == 0.5

@@ -1,4 +1,5 @@
-"""``samforge segment-everything``: automatic masks (a grid of point prompts) for every image of a folder.
+"""``samforge segment-everything``: automatic masks (a grid of point prompts) for every image of a folder,
+with a SAM model (``SamAutomaticMaskGenerator``) or a SAM 2 model (``SAM2AutomaticMaskGenerator``).
 
 Per image ``<stem>`` of IMAGES_DIR (top level, sorted by name), under ``--out``:
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from samforge.cli.common import add_model_args, load_model
 from samforge.data.bad_samples import natural_key
 from samforge.data.image_io import IMAGE_SUFFIXES, read_image_rgb
-from samforge.models.sam2 import SAM2_CONFIGS
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
 from samforge.predict.amg_outputs import (
     coco_instances,
     label_image_from_records,
@@ -42,20 +43,24 @@ from samforge.predict.amg_outputs import (
     segmentation_to_mask,
 )
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
+from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
 from samforge.utils.atomic import atomic_path, atomic_write_bytes, save_png
 from samforge.viz.overlay import PALETTE, draw_overlay
 
 SUBDIRS = ("masks", "labels", "overlays")
-# flag -> (generator argument, default, kind, lower bound, upper bound or None)
+# generator argument -> (flag, default, kind, lower bound, upper bound or None); a default of None is the
+# generator's own (SAM and SAM 2 differ: SAM2_DEFAULTS)
 GENERATOR_FLAGS = {
     "points_per_side": ("--points-per-side", 32, int, 1, None),
     "points_per_batch": ("--points-per-batch", 64, int, 1, None),
-    "pred_iou_thresh": ("--pred-iou-thresh", 0.88, float, 0.0, 1.0),
+    "pred_iou_thresh": ("--pred-iou-thresh", None, float, 0.0, 1.0),
     "stability_score_thresh": ("--stability-score-thresh", 0.95, float, 0.0, 1.0),
     "box_nms_thresh": ("--box-nms-thresh", 0.7, float, 0.0, 1.0),
     "crop_n_layers": ("--crop-n-layers", 0, int, 0, None),
     "min_mask_region_area": ("--min-mask-region-area", 0, int, 0, None),
 }
+SAM_DEFAULTS = {"pred_iou_thresh": 0.88}
+SAM2_DEFAULTS = {"pred_iou_thresh": 0.8}
 GRAY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -63,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment-everything",
         help="automatic masks for every image of a folder (resumable)",
-        description="Segment every image of IMAGES_DIR with a grid of point prompts (SamAutomaticMaskGenerator). "
+        description="Segment every image of IMAGES_DIR with a grid of point prompts (SamAutomaticMaskGenerator, or "
+        "SAM2AutomaticMaskGenerator for a SAM 2 --model-type). "
         "Writes masks/<stem>.json (COCO RLE records), labels/<stem>.png (16-bit label image), "
         "overlays/<stem>.png and annotations.json (COCO instances for the folder) to --out. "
         "A rerun skips images already done.",
@@ -73,16 +79,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     for dest, (flag, default, kind, lo, hi) in GENERATOR_FLAGS.items():
         bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        said = default if default is not None else f"{SAM_DEFAULTS[dest]} for SAM, {SAM2_DEFAULTS[dest]} for SAM 2"
         p.add_argument(flag, dest=dest, type=kind, default=default,
-                       help=f"{dest} of SamAutomaticMaskGenerator, {bounds} (default {default})")
+                       help=f"{dest} of the generator, {bounds} (default {said})")
+    p.add_argument("--use-m2m", action="store_true",
+                   help="SAM 2 only: refine each mask once with its own low-res logits as mask input (use_m2m)")
     p.set_defaults(run=run)
 
 
 def _check_flags(args: argparse.Namespace) -> dict:
     """The generator's keyword arguments, each checked against its bounds (the flag named on failure)."""
+    sam2 = args.model_type in SAM2_CONFIGS
     kwargs = {}
     for dest, (flag, _, kind, lo, hi) in GENERATOR_FLAGS.items():
         value = getattr(args, dest)
+        if value is None:
+            value = (SAM2_DEFAULTS if sam2 else SAM_DEFAULTS)[dest]
         bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
         expected = f"{'an int' if kind is int else 'a number'} {bounds}"
         ok_type = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
@@ -91,9 +103,10 @@ def _check_flags(args: argparse.Namespace) -> dict:
         if not np.isfinite(value) or value < lo or (hi is not None and value > hi):
             raise ValueError(f"{flag} must be {expected}, got {value!r}")
         kwargs[dest] = value
-    if args.model_type in SAM2_CONFIGS:
-        raise ValueError(f"segment-everything runs SAM v1 models (vit_h, vit_l, vit_b, vit_small), got --model-type "
-                         f"{args.model_type}")
+    if sam2:
+        kwargs["use_m2m"] = bool(args.use_m2m)
+    elif args.use_m2m:
+        raise ValueError(f"--use-m2m is for SAM 2 models (sam2.1_hiera_t, ...), got --model-type {args.model_type}")
     return kwargs
 
 
@@ -258,7 +271,9 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "annotations.json", json.dumps(coco).encode())
 
     if pending:
-        generator = SamAutomaticMaskGenerator(load_model(args), output_mode="coco_rle", **kwargs)
+        model = load_model(args)
+        make = SAM2AutomaticMaskGenerator if isinstance(model, SAM2Base) else SamAutomaticMaskGenerator
+        generator = make(model, output_mode="coco_rle", **kwargs)
         bar = tqdm(pending, desc="segment-everything", unit="image", total=len(done) + len(pending),
                    initial=len(done))
         for p in bar:

@@ -1,8 +1,9 @@
-"""Prediction: SamPredictor, SamAutomaticMaskGenerator, SAM2ImagePredictor, SAM2VideoPredictor, resizing transforms
-and input checks. Knows models only."""
+"""Prediction: SamPredictor, SamAutomaticMaskGenerator, SAM2ImagePredictor, SAM2AutomaticMaskGenerator, resizing
+transforms and input checks. Knows models only."""
 
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.predictor import SamPredictor
+from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
 from samforge.predict.sam2_predictor import SAM2ImagePredictor
 from samforge.predict.sam2_transforms import SAM2Transforms
 from samforge.predict.sam2_video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
@@ -10,6 +11,7 @@ from samforge.predict.transforms import ResizeLongestSide
 
 __all__ = [
     "ResizeLongestSide",
+    "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
     "SAM2Transforms",
     "SAM2VideoPredictor",

@@ -303,3 +303,25 @@ def test_bad_input_is_refused_and_nothing_is_lost(predictors, clip_dir, tmp_path
     assert state["obj_ids"] == [1]  # no object was created by the refused calls
     after = [m for _, _, m in ours.propagate_in_video(state)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_real_hiera_tiny_shapes(clip_dir):
+    """SAM 2.1 hiera tiny with its real widths, depths and memory sizes (input 512 instead of 1024 to keep the
+    suite fast: weights do not depend on it; RoPE and position tables follow the feature size): points on frame
+    0, a second object's box, propagation through the clip."""
+    seed = 5
+    overrides = ["++model.image_size=512"]
+    torch.manual_seed(seed)
+    official = official_build_video("configs/sam2.1/sam2.1_hiera_t.yaml", device="cpu", hydra_overrides_extra=overrides)
+    perturb_(official, seed)
+    official.fill_hole_area = 0
+    ours = build_sam2_video_predictor("sam2.1_hiera_t", device="cpu", hydra_overrides_extra=overrides)
+    ours.model.load_state_dict(official.state_dict(), strict=True)
+    ours.fill_hole_area = 0
+
+    def script(p, s, out):
+        out(p.add_new_points_or_box(s, 0, 1, points=np.array([[30, 40]]), labels=np.array([1])))
+        out(p.add_new_points_or_box(s, 0, 2, box=np.array([85, 40, 112, 82])))
+        out(list(p.propagate_in_video(s, max_frame_num_to_track=3)))
+
+    run_both((official, ours), clip_dir, script)

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,14 +43,27 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
+def _normalization_lut() -> np.ndarray:
+    """``3 x 256`` float32: the normalised value of each uint8 level per channel, computed exactly as the
+    official loader does it per pixel (``float32(v / 255.0)`` in float64 first, then ``(x - mean) / std``)."""
+    levels = torch.from_numpy(np.arange(256) / 255.0).float()
+    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None]
+    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None]
+    return ((levels[None, :] - mean) / std).numpy()
+
+
+_LUT = _normalization_lut()
+
+
 def normalize_frame(rgb: np.ndarray | Image.Image, image_size: int) -> torch.Tensor:
-    """An ``H x W x 3`` uint8 frame -> ``3 x S x S`` float32, resized and normalised as the official loader."""
+    """An ``H x W x 3`` uint8 frame -> ``3 x S x S`` float32, resized and normalised as the official loader
+    (bit-identical; a per-level lookup instead of float64 arithmetic on every pixel)."""
     img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
-    arr = np.array(img.convert("RGB").resize((image_size, image_size)))
-    x = torch.from_numpy(arr / 255.0).permute(2, 0, 1).float()  # float64 division, then float32, as official
-    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
-    return (x - mean) / std
+    arr = np.asarray(img.convert("RGB").resize((image_size, image_size)))
+    out = np.empty((3, image_size, image_size), dtype=np.float32)
+    for c in range(3):
+        np.take(_LUT[c], arr[..., c], out=out[c])
+    return torch.from_numpy(out)
 
 
 class VideoFrames(Sequence[torch.Tensor]):
@@ -70,6 +84,8 @@ class VideoFrames(Sequence[torch.Tensor]):
         self.cache_size = cache_size
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._reader = _reader_for(source)
         self.video_height, self.video_width = self._reader.size
         self.names = self._reader.names
@@ -89,17 +105,32 @@ class VideoFrames(Sequence[torch.Tensor]):
             if frame is not None:
                 self._cache.move_to_end(index)
                 return frame
-        frame = normalize_frame(self._reader.read(index), self.image_size).to(self.device)
+            pending = self._pending.pop(index, None)
+        frame = pending.result() if pending is not None else self._load(index)
         with self._lock:
             self._cache[index] = frame
             while self.cache_size is not None and len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return frame
 
-    def prefetch(self, index: int) -> None:
-        """Preprocess frame ``index`` in a background thread (ignored when out of range or cached)."""
-        if 0 <= index < len(self) and index not in self._cache:
-            threading.Thread(target=self.__getitem__, args=(index,), daemon=True).start()
+    def _load(self, index: int) -> torch.Tensor:
+        return normalize_frame(self._reader.read(index), self.image_size).to(self.device)
+
+    def prefetch(self, indices: int | Sequence[int]) -> None:
+        """Start preprocessing frames in a background thread (indices out of range, cached or already
+        pending are ignored). Frames of a video file are decoded in order, so only folders and arrays
+        are read ahead."""
+        if isinstance(self._reader, _VideoFileFrames):
+            return
+        for index in [indices] if isinstance(indices, (int, np.integer)) else indices:
+            with self._lock:
+                if not 0 <= index < len(self) or index in self._cache or index in self._pending:
+                    continue
+                if len(self._pending) >= 8:
+                    return
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samforge-frames")
+                self._pending[int(index)] = self._pool.submit(self._load, int(index))
 
     def rgb(self, index: int) -> np.ndarray:
         """Frame ``index`` as ``H x W x 3`` uint8 at the video's own resolution (for overlays)."""

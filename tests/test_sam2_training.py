@@ -139,3 +139,52 @@ def test_bad_batches(model):
         forward(clip, np.random.default_rng(0), loss_resolution="full")
     with pytest.raises(TypeError, match="SAM2Base"):
         Sam2TrainingForward(object(), MultiStepMultiMaskLoss())
+
+
+def test_finetune_modes_and_lora_on_hiera(tmp_path):
+    from samforge.models.lora import has_lora, merge_lora
+    from samforge.train.adapter_file import load_adapter, save_adapter, weights_fingerprint
+    from samforge.train.config import FinetuneConfig
+    from samforge.train.finetune import apply_finetune
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_sam2("sam2.1_hiera_t", device="cpu", mode="eval", hydra_overrides_extra=list(SMALL_OVERRIDES))
+
+    clip = disk_clip(1)
+    image = clip["frames"][0]
+
+    def masks(m):
+        with torch.no_grad():
+            feats = m.forward_image(image)["backbone_fpn"]
+        return feats
+
+    m = fresh()
+    plan = apply_finetune(m, FinetuneConfig(mode="decoder"))
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert "image_encoder" not in trainable and "sam_prompt_encoder" not in trainable
+    assert {"sam_mask_decoder", "memory_attention", "memory_encoder"} <= trainable
+    m = fresh()
+    apply_finetune(m, FinetuneConfig(mode="decoder", freeze_memory=True))
+    assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith(("memory_", "maskmem_tpos")))
+
+    base = fresh()
+    fingerprint = weights_fingerprint(base)
+    before = masks(base)
+    plan = apply_finetune(base, FinetuneConfig(mode="lora", rank=2, alpha=2))
+    assert has_lora(base) and plan.trainable < plan.total
+    n_blocks = len(base.image_encoder.trunk.blocks)
+    assert sum(1 for n, p in base.named_parameters() if "lora_A" in n) == 2 * n_blocks  # Q and V of every block
+    assert all(torch.equal(a, b) for a, b in zip(before, masks(base)))  # B = 0: unchanged at the start
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapted = masks(base)
+    assert not all(torch.equal(a, b) for a, b in zip(before, adapted))
+    path = save_adapter(tmp_path / "a.safetensors", base, plan.lora, fingerprint, "sam2.1_hiera_t", plan.trained_prefixes)
+    other = fresh()
+    load_adapter(other, path)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(adapted, masks(other)))
+    merged = masks(merge_lora(other))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(adapted, merged))

@@ -101,20 +101,25 @@ class LoRALinear(nn.Linear):
 
 
 def _lora_targets(model: nn.Module, decoder: bool) -> list[tuple[nn.Module, str, list[tuple[int, int]]]]:
-    """(parent module, attribute, output slices) of every layer LoRA adapts in a SAM (v1) model."""
+    """(parent module, attribute, output slices) of every layer LoRA adapts: the fused ``qkv`` of each image
+    encoder block (SAM's ViT ``image_encoder.blocks``, SAM 2's Hiera ``image_encoder.trunk.blocks``, whose
+    ``qkv`` maps ``dim -> 3 * dim_out``), and optionally the mask decoder's attention ``q_proj`` / ``v_proj``."""
     targets = []
     encoder = getattr(model, "image_encoder", None)
-    blocks = getattr(encoder, "blocks", None)
+    trunk = getattr(encoder, "trunk", None)
+    blocks = getattr(encoder, "blocks", None) if trunk is None else getattr(trunk, "blocks", None)
     if blocks is None:
-        raise ValueError(f"expected a SAM model with image_encoder.blocks, got {type(model).__name__}")
+        raise ValueError(f"expected a SAM model (image_encoder.blocks) or a SAM 2 model (image_encoder.trunk.blocks), "
+                         f"got {type(model).__name__}")
     for block in blocks:
         qkv = block.attn.qkv
-        dim = qkv.in_features
-        if qkv.out_features != 3 * dim:
-            raise ValueError(f"expected a fused qkv linear {dim} -> {3 * dim}, got {qkv.out_features} outputs")
-        targets.append((block.attn, "qkv", [(0, dim), (2 * dim, 3 * dim)]))  # Q and V, not K
+        if qkv.out_features % 3:
+            raise ValueError(f"expected a fused qkv linear with 3 x dim outputs, got {qkv.out_features} outputs")
+        dim_out = qkv.out_features // 3
+        targets.append((block.attn, "qkv", [(0, dim_out), (2 * dim_out, 3 * dim_out)]))  # Q and V, not K
     if decoder:
-        for module in model.mask_decoder.transformer.modules():
+        mask_decoder = getattr(model, "mask_decoder", None) or getattr(model, "sam_mask_decoder")
+        for module in mask_decoder.transformer.modules():
             if all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
                 for name in ("q_proj", "v_proj"):
                     targets.append((module, name, [(0, getattr(module, name).out_features)]))

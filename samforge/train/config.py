@@ -68,6 +68,7 @@ class FinetuneConfig:
     layer_decay: float = 1.0  # full: learning-rate multiplier per encoder block from the top (1 = off)
     cache_embeddings: bool = True  # decoder: keep image embeddings on disk, computed once per image
     cache_dir: Optional[str] = None  # decoder: where (default <out>/embedding_cache)
+    freeze_memory: bool = False  # SAM 2, decoder/lora: the memory attention and memory encoder stay frozen too
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """What a fine-tuning mode trains: ``full`` (everything, optionally with layer-wise learning-rate decay),
 ``decoder`` (image and prompt encoders frozen: image embeddings can then be cached) or ``lora`` (low-rank
-adapters on the image encoder's Q and V projections; the mask decoder trainable or not)."""
+adapters on the image encoder's Q and V projections; the mask decoder trainable or not).
+
+For SAM 2 the "decoder" side is the mask decoder plus the memory (memory attention, memory encoder, object
+pointer heads and the small learned embeddings), unless ``freeze_memory``: the tracking parts a clip trains."""
 
 from __future__ import annotations
 
@@ -30,11 +33,20 @@ class FinetunePlan:
 
 
 def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> FinetunePlan:
-    """Prepare ``model`` (a SAM v1 holding its base weights) for ``cfg.mode``, in place: add adapters, set
+    """Prepare ``model`` (a SAM or SAM 2 holding its base weights) for ``cfg.mode``, in place: add adapters, set
     ``requires_grad``. Call before building the optimizer and before loading a resumed run's weights."""
     if cfg.mode not in FINETUNE_MODES:
         raise ValueError(f"finetune.mode must be one of {FINETUNE_MODES}, got {cfg.mode!r}")
     lora, lr_scales, trained_prefixes = None, None, ()
+    sam2 = hasattr(model, "sam_mask_decoder")
+    if sam2:  # everything but the two encoders (and the memory, when frozen) is the "decoder" side
+        frozen = ("image_encoder.", "sam_prompt_encoder.")
+        if cfg.freeze_memory:
+            frozen += ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc")
+        decoder_side = tuple(sorted({n.split(".")[0] + ("." if "." in n else "") for n, _ in model.named_parameters()
+                                     if not n.startswith(frozen)}))
+    else:
+        decoder_side = ("mask_decoder.",)
     if cfg.mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -42,11 +54,11 @@ def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> FinetunePlan:
             lr_scales = layer_decay_scales(model, cfg.layer_decay)
     elif cfg.mode == "decoder":
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("mask_decoder."))
+            p.requires_grad_(name.startswith(decoder_side))
     else:
         lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, decoder=cfg.lora_decoder)
         add_lora(model, lora)
-        trained_prefixes = ("mask_decoder.",) if cfg.train_decoder else ()
+        trained_prefixes = decoder_side if cfg.train_decoder else ()
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name or any(name.startswith(t) for t in trained_prefixes))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -60,12 +72,14 @@ def layer_decay_scales(model: nn.Module, decay: float) -> dict[int, float]:
     encoder and mask decoder keep the full rate."""
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"finetune.layer_decay must be in (0, 1], got {decay}")
-    depth = len(model.image_encoder.blocks)
+    trunk = getattr(model.image_encoder, "trunk", None)  # SAM 2's Hiera
+    prefix = "image_encoder.trunk." if trunk is not None else "image_encoder."
+    depth = len((trunk or model.image_encoder).blocks)
     scales = {}
     for name, p in model.named_parameters():
-        if name.startswith("image_encoder.blocks."):
-            layer = int(name.split(".")[2]) + 1
-        elif name.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed")):
+        if name.startswith(prefix + "blocks."):
+            layer = int(name[len(prefix):].split(".")[1]) + 1
+        elif name.startswith((prefix + "patch_embed", prefix + "pos_embed")):
             layer = 0
         else:
             layer = depth + 1

@@ -332,7 +332,7 @@ class SAM2VideoPredictor:
             order = list(range(start_frame_idx, end + 1))
 
         for i, frame_idx in enumerate(tqdm(order, desc="propagate in video")):
-            state["images"].prefetch(order[i + 1 : i + 4])  # read the next frames while this one runs
+            state["images"].prefetch(order[i + 1 : i + 9])  # read the next frames while this one runs
             per_obj = []
             for obj_idx in range(num_objects):
                 output_dict = state["output_dict_per_obj"][obj_idx]

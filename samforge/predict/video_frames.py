@@ -25,6 +25,8 @@ IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
+# threads decoding and resizing frames ahead (PIL releases the GIL): one per two cores, at most 4
+PREFETCH_WORKERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def _natural_key(name: str) -> tuple:
@@ -126,10 +128,10 @@ class VideoFrames(Sequence[torch.Tensor]):
             with self._lock:
                 if not 0 <= index < len(self) or index in self._cache or index in self._pending:
                     continue
-                if len(self._pending) >= 8:
+                if len(self._pending) >= 2 * PREFETCH_WORKERS:
                     return
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samforge-frames")
+                    self._pool = ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="samforge-frames")
                 self._pending[int(index)] = self._pool.submit(self._load, int(index))
 
     def rgb(self, index: int) -> np.ndarray:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 
 from samforge.models.configs import SAM_CONFIGS
+from samforge.models.sam2 import SAM2_CONFIGS
 from samforge.train.config import load_config
 from samforge.train.trainer import train
 
 
 def parse_base(text: str) -> tuple[str, str]:
-    """``TYPE:CHECKPOINT`` (an official or samforge file of a registered type) or ``CHECKPOINT`` (a samforge
+    """``TYPE:CHECKPOINT`` (an official or samforge file of a registered SAM or SAM 2 type, e.g.
+    ``vit_b:sam_vit_b_01ec64.pth`` or ``sam2.1_hiera_t:sam2.1_hiera_tiny.pt``) or ``CHECKPOINT`` (a samforge
     checkpoint, which records its model) -> (model.type, model.checkpoint)."""
     kind, sep, path = text.partition(":")
-    if sep and kind in (*SAM_CONFIGS, "default"):
+    if sep and kind in (*SAM_CONFIGS, *SAM2_CONFIGS, "default"):
         if not path:
             raise ValueError(f"--base {text!r}: expected TYPE:CHECKPOINT with a checkpoint path after the colon")
         return kind, path
@@ -35,10 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as for samforge train. Rerunning the same command resumes.",
     )
     p.add_argument("--base", required=True,
-                   help="the model to start from: TYPE:CHECKPOINT (e.g. vit_b:sam_vit_b_01ec64.pth) or a samforge "
-                   "checkpoint (which records its model type)")
+                   help="the model to start from: TYPE:CHECKPOINT (e.g. vit_b:sam_vit_b_01ec64.pth, "
+                   "sam2.1_hiera_t:sam2.1_hiera_tiny.pt) or a samforge checkpoint (which records its model type). "
+                   "SAM 2 trains on clips of data.num_frames frames (default 1: images)")
     p.add_argument("--data", required=True, help="training data: COCO JSON, image+mask folder, .npz, NIfTI folder, "
-                   "synthetic:... or synthetic-medical:...")
+                   "synthetic:... or synthetic-medical:...; for SAM 2 also DAVIS-layout clip folders, .npz/NIfTI "
+                   "volumes as clips of slices, synthetic-video:... and synthetic-medical-volume:...")
     p.add_argument("--val", default=None, help="held-out data for validation and the final evaluation "
                    "(default: the config's data.val)")
     p.add_argument("--mode", required=True, choices=["lora", "decoder", "full"], help="what trains")

@@ -9,12 +9,15 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from samforge.train.sam2_step import Sam2PromptConfig
+
 
 @dataclass
 class ModelConfig:
     type: str = "vit_small"  # a registry name (vit_small, vit_b, ...), or "checkpoint": the one a samforge checkpoint records
     checkpoint: Optional[str] = None  # start from these weights (official or samforge); None = random init
     arch: dict = field(default_factory=dict)  # SamConfig fields replacing the named config's, e.g. {encoder_depth: 4}
+    overrides: list = field(default_factory=list)  # SAM 2: config overrides, e.g. ["++model.image_size=512"]
 
 
 @dataclass
@@ -23,6 +26,8 @@ class DataConfig:
     val: str = "synthetic:64:256:100000"  # held out: other seeds
     images: Optional[str] = None  # image folder for COCO json
     max_objects: int = 8  # objects (masks) per image per step
+    num_frames: int = 1  # SAM 2: frames (slices) per training clip; 1 = images (the official trainer uses 8)
+    short_clips: str = "skip"  # SAM 2: a clip shorter than num_frames is skipped, or padded with its last frame
     num_workers: int = 1
 
 
@@ -42,6 +47,7 @@ class LossConfig:
     iou: float = 1.0
     resolution: str = "input"  # input: logits upsampled to the model input (as SAM); low_res: targets downsampled
     learned_weighting: bool = False  # weight focal/dice/IoU by learned uncertainties (UncertaintyWeighting)
+    object_score: float = 1.0  # SAM 2: weight of the object-score (is the object in the frame) loss
 
 
 @dataclass
@@ -91,6 +97,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sam2_prompts: Sam2PromptConfig = field(default_factory=Sam2PromptConfig)  # SAM 2: the official prompt sampling
 
 
 PRESETS = Path(__file__).parent / "presets"
@@ -138,6 +145,9 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.optim.accumulate >= 1, f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}"),
         (cfg.loss.resolution in ("input", "low_res"), f"loss.resolution must be input or low_res, got {cfg.loss.resolution!r}"),
         (cfg.data.max_objects >= 1, f"data.max_objects must be >= 1, got {cfg.data.max_objects}"),
+        (cfg.data.num_frames >= 1, f"data.num_frames must be >= 1, got {cfg.data.num_frames}"),
+        (cfg.data.short_clips in ("skip", "pad"), f"data.short_clips must be skip or pad, got {cfg.data.short_clips!r}"),
+        (cfg.loss.object_score >= 0, f"loss.object_score must be >= 0, got {cfg.loss.object_score}"),
         (cfg.finetune.mode in ("full", "decoder", "lora"),
          f"finetune.mode must be full, decoder or lora, got {cfg.finetune.mode!r}"),
         (cfg.finetune.rank > 0, f"finetune.rank (LoRA rank) must be > 0, got {cfg.finetune.rank}"),

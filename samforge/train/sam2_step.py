@@ -36,7 +36,7 @@ class Sam2PromptConfig:
     rand_frames_to_correct: bool = True  # a random number between the conditioning frames and the above
     num_init_cond_frames: int = 2  # prompted frames (the first, then random others)
     rand_init_cond_frames: bool = True  # a random number between 1 and the above
-    add_all_frames_to_correct_as_cond: bool = False  # corrected frames also become conditioning frames
+    add_all_frames_to_correct_as_cond: bool = True  # corrected frames also become conditioning frames
     box_noise: float = 0.1  # box corners move by up to this fraction of the box size ...
     box_max_noise: float = 20.0  # ... and at most this many pixels
 

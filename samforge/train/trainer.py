@@ -3,6 +3,10 @@ final evaluation. Runs as one process or under ``torchrun`` (DistributedDataPara
 
 Run folder: ``config.yaml``, ``checkpoints/{last,best}.pt``, ``metrics.jsonl``, ``curves.png``, ``overlays/``,
 ``eval/`` (metrics.json, per_image.csv, best_worst.png).
+
+SAM 2 models (``model.type`` a SAM 2 config such as ``sam2.1_hiera_t``) train on clips of ``data.num_frames``
+frames (images are one-frame clips) with ``Sam2TrainingForward``; validation tracks each object from a box and
+from a point on the first frame; the final evaluation is J&F on clips (or the image protocols for images).
 """
 
 from __future__ import annotations
@@ -24,15 +28,20 @@ from samforge.data.sampler import ResumableSampler
 from samforge.models.build import build_sam, resolve_sam_config
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.configs import SamConfig
+from samforge.models.sam2 import SAM2_CONFIGS, build_sam2
 from samforge.train.adapter_file import save_adapter, weights_fingerprint
 from samforge.train.embedding_cache import EmbeddingCache
 from samforge.train.finetune import apply_finetune
 from samforge.train.batches import TrainingSamples, collate_samples
+from samforge.train.clip_batches import TrainingClips, collate_clips
 from samforge.train.checkpoint import load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
 from samforge.train.config import TrainConfig, config_to_dict, config_to_yaml
 from samforge.train.losses import SamLoss
 from samforge.train.optim import build_optimizer, build_scheduler
 from samforge.train.plots import plot_curves, read_metrics, save_val_overlays
+from samforge.train.sam2_losses import MultiStepMultiMaskLoss
+from samforge.train.sam2_step import Sam2TrainingForward
+from samforge.train.sam2_validate import save_sam2_val_overlays, validate_sam2
 from samforge.train.step import TrainingForward
 from samforge.train.validate import validate
 from samforge.utils.atomic import atomic_write_bytes
@@ -113,8 +122,15 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     # -- data
-    train_data = open_dataset(cfg.data.train, cfg.data.images)
-    val_data = open_dataset(cfg.data.val, cfg.data.images)
+    sam2 = model_family(cfg) == "sam2"
+    if sam2:
+        from samforge.data.clip_dataset import open_clip_dataset
+
+        train_data = open_clip_dataset(cfg.data.train, images=cfg.data.images)
+        val_data = open_clip_dataset(cfg.data.val, images=cfg.data.images)
+    else:
+        train_data = open_dataset(cfg.data.train, cfg.data.images)
+        val_data = open_dataset(cfg.data.val, cfg.data.images)
     if main_process:
         for name, data in (("train", train_data), ("val", val_data)):
             print(f"{name} data: {cfg.data.train if name == 'train' else cfg.data.val}: {len(data)} images")
@@ -123,17 +139,29 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 
     # -- model, optimizer, schedule
     torch.manual_seed(cfg.seed)
-    model_name, sam_config = resolve_model_config(cfg)
-    model = build_sam(sam_config, cfg.model.checkpoint, device=device)
+    if sam2:
+        model_name, overrides = resolve_sam2_model(cfg)
+        model = build_sam2(model_name, cfg.model.checkpoint, device=device, mode="train",
+                           hydra_overrides_extra=overrides, apply_postprocessing=False)
+        model_record = {"family": "sam2", "config_name": model_name, "overrides": list(overrides)}
+        image_size = model.image_size
+    else:
+        model_name, sam_config = resolve_model_config(cfg)
+        model = build_sam(sam_config, cfg.model.checkpoint, device=device)
+        model_record = sam_config.to_dict()
+        image_size = sam_config.image_size
     model.train()
-    image_size = sam_config.image_size
     base_fingerprint = weights_fingerprint(model) if cfg.finetune.mode == "lora" else ""
     plan = apply_finetune(model, cfg.finetune)
     embed = None
-    if cfg.finetune.mode == "decoder" and cfg.finetune.cache_embeddings:
+    if cfg.finetune.mode == "decoder" and cfg.finetune.cache_embeddings and not sam2:
         embed = EmbeddingCache(cfg.finetune.cache_dir or out / "embedding_cache", model.image_encoder, precision)
-    loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.learned_weighting).to(device)
-    forward = forward_module = TrainingForward(model, loss_fn, embed)  # the model and the loss's own weights
+    if sam2:
+        loss_fn = MultiStepMultiMaskLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.object_score).to(device)
+        forward = forward_module = Sam2TrainingForward(model, loss_fn, cfg.sam2_prompts)
+    else:
+        loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.learned_weighting).to(device)
+        forward = forward_module = TrainingForward(model, loss_fn, embed)  # the model and the loss's own weights
     optimizer = build_optimizer(forward, cfg.optim, plan.lr_scales)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
     step, best = 0, -1.0
@@ -165,11 +193,17 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 
     samples_per_step = cfg.batch_size * cfg.optim.accumulate * world
     sampler = ResumableSampler(len(train_data), cfg.seed, start=step * samples_per_step, rank=rank, world_size=world)
+    if sam2:
+        train_samples = TrainingClips(train_data, image_size, cfg.data.num_frames, cfg.data.max_objects, cfg.seed,
+                                      short_clips=cfg.data.short_clips)
+    else:
+        train_samples = TrainingSamples(train_data, image_size, cfg.data.max_objects, cfg.seed)
+    collate = collate_clips if sam2 else collate_samples
     loader = torch.utils.data.DataLoader(
-        TrainingSamples(train_data, image_size, cfg.data.max_objects, cfg.seed),
+        train_samples,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        collate_fn=collate_samples,
+        collate_fn=collate,
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
@@ -177,11 +211,15 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     batches = iter(loader)
     val_batches, overlay_samples = [], []
     if main_process:  # validation runs on rank 0 only
-        val_samples = TrainingSamples(val_data, image_size, max_objects=10_000, seed=cfg.seed)
+        if sam2:
+            val_samples = TrainingClips(val_data, image_size, cfg.data.num_frames, max_objects=10_000, seed=cfg.seed,
+                                        short_clips="pad")
+        else:
+            val_samples = TrainingSamples(val_data, image_size, max_objects=10_000, seed=cfg.seed)
         val_count = min(cfg.val_images, len(val_data))
-        val_batches = [collate_samples([val_samples[i] for i in range(j, min(j + cfg.batch_size, val_count))])
+        val_batches = [collate([val_samples[i] for i in range(j, min(j + cfg.batch_size, val_count))])
                        for j in range(0, val_count, cfg.batch_size)]
-        overlay_samples = [val_data[i] for i in range(min(4, len(val_data)))]
+        overlay_samples = val_batches[0] if sam2 else [val_data[i] for i in range(min(4, len(val_data)))]
 
     if main_process:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
@@ -190,6 +228,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     progress = tqdm(total=cfg.steps, initial=step, desc="train", disable=not main_process, dynamic_ncols=True)
     start_time = time.perf_counter()
     data_time = compute_time = 0.0
+    clips_skipped = clips_padded = 0  # SAM 2 clips: too short or without an object on the first frame / padded
     while step < cfg.steps:
         t0 = time.perf_counter()
         stats: dict[str, float] = {}
@@ -197,12 +236,17 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             t_data = time.perf_counter()
             batch = next(batches)
             data_time += time.perf_counter() - t_data
+            clips_skipped += len(batch.get("skipped", ()))
+            clips_padded += len(batch.get("padded", ()))
             rng = np.random.default_rng([cfg.seed, step, micro, rank])
             last_micro = micro == cfg.optim.accumulate - 1
             sync = contextlib.nullcontext() if (not distributed or last_micro) else forward.no_sync()
             with sync:
                 with autocast:
-                    out_step = forward(batch, cfg.prompts, rng, cfg.loss.resolution)
+                    if sam2:
+                        out_step = forward(batch, rng, cfg.loss.resolution)
+                    else:
+                        out_step = forward(batch, cfg.prompts, rng, cfg.loss.resolution)
                 (out_step["loss"] / cfg.optim.accumulate).backward()
             for k, v in out_step.items():
                 stats[k] = stats.get(k, 0.0) + float(v.detach()) / cfg.optim.accumulate
@@ -220,7 +264,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
                            "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / cfg.log_every, 4),
                            "data_frac": round(data_time / max(compute_time, 1e-9), 4),
-                           "peak_memory_mb": round(peak_memory_mb(device), 1)})
+                           "peak_memory_mb": round(peak_memory_mb(device), 1),
+                           **({"clips_skipped": clips_skipped, "clips_padded": clips_padded} if sam2 else {})})
             data_time = compute_time = 0.0
         out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - start_time) / 60 > cfg.max_minutes
         if distributed:  # every rank must agree to stop
@@ -229,17 +274,23 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             out_of_time = bool(flag.item())
         finished = step == cfg.steps or out_of_time
         if main_process and (step % cfg.val_every == 0 or finished):
-            val = validate(model, val_batches, loss_fn, autocast)
+            overlay_path = out / "overlays" / f"val_step{step:06d}.png"
+            if sam2:
+                val = validate_sam2(forward_module, val_batches, autocast)
+                save_sam2_val_overlays(model, overlay_samples, overlay_path)
+            else:
+                val = validate(model, val_batches, loss_fn, autocast)
+                save_val_overlays(model, overlay_samples, overlay_path)
             metrics.write({"step": step, "split": "val", **{k: round(v, 6) for k, v in val.items()}})
-            save_val_overlays(model, overlay_samples, out / "overlays" / f"val_step{step:06d}.png")
             plot_curves(out / "metrics.jsonl", out / "curves.png")
             progress.write(f"step {step}: val loss {val['loss']:.4f}, box mIoU {val['box_miou']:.3f}, "
                            f"centre-point mIoU {val['point_miou']:.3f}")
             if val["box_miou"] > best:
                 best = val["box_miou"]
-                save_checkpoint(ckpt_dir / "best.pt", forward_module, optimizer, scheduler, step, best, cfg, model_name)
+                save_checkpoint(ckpt_dir / "best.pt", forward_module, optimizer, scheduler, step, best, cfg, model_name,
+                                model_record)
         if main_process and (step % cfg.checkpoint_every == 0 or finished):
-            save_checkpoint(last, forward_module, optimizer, scheduler, step, best, cfg, model_name)
+            save_checkpoint(last, forward_module, optimizer, scheduler, step, best, cfg, model_name, model_record)
             if plan.lora is not None:  # the shippable adapter, always the latest weights
                 save_adapter(out / "adapter.safetensors", model, plan.lora, base_fingerprint, model_name,
                              plan.trained_prefixes)
@@ -256,9 +307,20 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         from samforge.evaluate.report import format_table
 
         model.eval()
-        result = evaluate_dataset(model, val_data, seed=cfg.seed, max_images=cfg.val_images)
-        result.write(out / "eval")
-        print(format_table(result.to_metrics_dict()))
+        if sam2 and cfg.data.num_frames > 1:  # clips: DAVIS J&F, each object tracked from its first box
+            from samforge.evaluate.video_metrics import evaluate_video
+            from samforge.predict.sam2_video_predictor import SAM2VideoPredictor
+
+            video = evaluate_video(SAM2VideoPredictor(model), _VideoClips(val_data), prompt="box",
+                                   max_clips=cfg.val_images)
+            video.write(out / "eval")
+            summary = video.to_metrics_dict()
+            print(f"val clips: J {summary['J']:.3f}, F {summary['F']:.3f}, J&F {summary['J&F']:.3f}")
+        else:
+            eval_data = open_dataset(cfg.data.val, cfg.data.images) if sam2 else val_data
+            result = evaluate_dataset(model, eval_data, seed=cfg.seed, max_images=cfg.val_images)
+            result.write(out / "eval")
+            print(format_table(result.to_metrics_dict()))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -296,13 +358,59 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:
     return model_name, sam_config
 
 
-def save_checkpoint(path: Path, forward: TrainingForward, optimizer, scheduler, step: int, best: float,
-                    cfg: TrainConfig, model_name: str) -> None:
+def model_family(cfg: TrainConfig) -> str:
+    """``"sam2"`` for a SAM 2 config name (or a samforge checkpoint of one), else ``"sam"``."""
+    if cfg.model.type in SAM2_CONFIGS:
+        return "sam2"
+    if cfg.model.type == "checkpoint":
+        record = read_checkpoint(cfg.model.checkpoint)[1].get("sam_config")
+        if isinstance(record, dict) and record.get("family") == "sam2":
+            return "sam2"
+    return "sam"
+
+
+def resolve_sam2_model(cfg: TrainConfig) -> tuple[str, list[str]]:
+    """(SAM 2 config name, config overrides): ``model.type`` and ``model.overrides``, or what a samforge SAM 2
+    checkpoint records (for ``model.type=checkpoint``), its overrides first."""
+    if cfg.model.arch:
+        raise ValueError("model.arch applies to SAM (v1) models; give SAM 2 changes as model.overrides, e.g. "
+                         "['++model.image_size=512']")
+    if cfg.model.type == "checkpoint":
+        record = read_checkpoint(cfg.model.checkpoint)[1]["sam_config"]
+        return str(record["config_name"]), [*record.get("overrides", []), *cfg.model.overrides]
+    return cfg.model.type, list(cfg.model.overrides)
+
+
+class _VideoClips:
+    """Clips of a clip dataset as the video evaluation reads them (label maps, frames as an array)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        from samforge.data.davis_dataset import VideoClip
+
+        clip = self.dataset[i]
+        masks = clip.masks
+        labels = np.zeros(masks.shape[:1] + masks.shape[2:], dtype=np.int64)
+        for k, obj_id in enumerate(clip.obj_ids):
+            labels[masks[:, k]] = obj_id
+        frames = clip.frames
+        if frames.ndim == 3:
+            frames = np.repeat(frames[..., None], 3, axis=-1)
+        return VideoClip(clip.name, np.ascontiguousarray(frames), labels, list(clip.obj_ids), list(clip.frame_names))
+
+
+def save_checkpoint(path: Path, forward: TrainingForward | Sam2TrainingForward, optimizer, scheduler, step: int,
+                    best: float, cfg: TrainConfig, model_name: str, model_record: dict) -> None:
     save_training_checkpoint(
         path,
         model=forward.sam.state_dict(),
         loss=forward.loss_fn.state_dict(),
-        sam_config=forward.sam.config.to_dict(),
+        sam_config=model_record,
         model_type=model_name,
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),

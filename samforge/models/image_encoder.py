@@ -2,15 +2,62 @@
 relative position bias, followed by a convolutional neck to the prompt embedding width.
 
 State-dict names follow the official ``ImageEncoderViT`` so official checkpoints load as they are.
+
+Attention modes (:func:`set_attention_mode`, :func:`attention_mode`): ``"exact"`` (the default) computes float32
+attention in the official order of operations, bit-for-bit the official results; the opt-in fast modes never run
+that path and agree with it to float rounding:
+
+- ``"folded"``: the decomposed relative-position terms are folded into augmented queries and keys, so one
+  ``scaled_dot_product_attention`` call computes ``scale * q.k + rel_h[key row] + rel_w[key col]`` without
+  materialising the ``N x N`` bias (the query gets its ``H + W`` rel-pos terms appended, the key the one-hot
+  indicators of its row and column);
+- ``"sdpa_bias"``: the bias is materialised and passed to SDPA as ``attn_mask`` (fused softmax, but
+  ``heads x N x N`` bias memory: 805 MB per image for vit_b's global blocks in float32).
+
+Both fast modes also skip the padded tokens in the window blocks' ``qkv`` and ``proj`` and do the window
+partition + head split in one copy.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samforge.models.common import LayerNorm2d, MLPBlock
+
+
+ATTENTION_MODES = ("exact", "folded", "sdpa_bias")
+
+
+def set_attention_mode(module: nn.Module, mode: str) -> dict[nn.Module, str]:
+    """Set the attention mode of every :class:`RelPosAttention` inside ``module`` (see the module docstring).
+
+    Returns the previous mode of each changed attention module (for :func:`attention_mode` to restore)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+    previous = {}
+    for sub in module.modules():
+        if isinstance(sub, RelPosAttention):
+            previous[sub] = sub.attention_mode
+            sub.attention_mode = mode
+    return previous
+
+
+@contextlib.contextmanager
+def attention_mode(module: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Run ``module``'s rel-pos attention in ``mode`` inside the ``with`` block, then restore the previous modes."""
+    previous = set_attention_mode(module, mode)
+    try:
+        yield module
+    finally:
+        for sub, old in previous.items():
+            sub.attention_mode = old
 
 
 class ImageEncoderViT(nn.Module):
@@ -106,6 +153,8 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn.attention_mode != "exact":
+            return self._forward_fast(x)
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
@@ -118,9 +167,44 @@ class Block(nn.Module):
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
 
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block with fewer layout copies: ``qkv`` on the real tokens only (padding tokens, zeros after
+        the norm in the exact path, get ``qkv(0)``), window partition and head split in one copy, and the
+        window merge, crop and ``proj`` on the real tokens only."""
+        attn = self.attn
+        b, h, w, dim = x.shape
+        heads = attn.num_heads
+        qkv = attn.qkv(self.norm1(x))  # B x H x W x 3*dim
+        ws = self.window_size
+        if ws > 0:
+            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+            if (hp, wp) != (h, w):
+                padded = qkv.new_empty(b, hp, wp, qkv.shape[-1])
+                padded[:, :h, :w] = qkv
+                pad_value = attn.qkv(x.new_zeros(1, dim))[0]  # what a zero (padding) token projects to
+                padded[:, h:] = pad_value
+                padded[:, :h, w:] = pad_value
+                qkv = padded
+            nh, nw = hp // ws, wp // ws
+            # B x nh x ws x nw x ws x 3 x heads x hd -> 3 x (B*nh*nw) x heads x (ws*ws) x hd, one copy
+            qkv = qkv.view(b, nh, ws, nw, ws, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
+            q, k, v = qkv.reshape(3, b * nh * nw, heads, ws * ws, -1).unbind(0)
+            out = attn.attend(q, k, v, (ws, ws))  # (B*nW) x heads x ws*ws x hd
+            out = out.reshape(b, nh, nw, heads, ws, ws, -1).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, dim)
+            if (hp, wp) != (h, w):
+                out = out[:, :h, :w]
+        else:
+            q, k, v = qkv.reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            out = attn.attend(q, k, v, (h, w)).transpose(1, 2).reshape(b, h, w, dim)
+        x = x + attn.proj(out)
+        return x + self.mlp(self.norm2(x))
+
 
 class RelPosAttention(nn.Module):
-    """Multi-head self-attention over a 2D token grid with decomposed relative position bias."""
+    """Multi-head self-attention over a 2D token grid with decomposed relative position bias.
+
+    ``attention_mode`` ("exact", "folded" or "sdpa_bias"; see the module docstring) picks how the attention is
+    computed; set it with :func:`set_attention_mode`."""
 
     def __init__(
         self,
@@ -142,12 +226,15 @@ class RelPosAttention(nn.Module):
         if use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+        self.attention_mode = "exact"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         # (3, B, heads, H*W, head_dim)
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if qkv.dtype == torch.float32:
+        if self.attention_mode != "exact":
+            x = self.attend(*qkv.unbind(0), (h, w))
+        elif qkv.dtype == torch.float32:
             x = self._reference_attention(qkv, (h, w))
         else:
             q, k, v = qkv.unbind(0)
@@ -156,6 +243,15 @@ class RelPosAttention(nn.Module):
                 bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(b, h, w, -1))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Fast-mode attention of ``B x heads x (h*w) x hd`` queries, keys, values over an ``hw`` grid."""
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        if self.attention_mode == "sdpa_bias":
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return folded_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
 
     def _reference_attention(self, qkv: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """float32 attention in the official order of operations, so results are bit-for-bit the same."""
@@ -237,3 +333,50 @@ def decomposed_rel_pos_bias(
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
     bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
     return bias.reshape(b, heads, q_h * q_w, k_h * k_w)
+
+
+def folded_rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    hw: tuple[int, int],
+    scale: float,
+) -> torch.Tensor:
+    """``softmax(scale * q.k + rel_h + rel_w) @ v`` over an ``hw`` grid without the ``N x N`` bias.
+
+    ``q``, ``k``, ``v`` are ``B x heads x N x C`` with ``N = h * w``. With ``q' = [scale * q, rel_h(q), rel_w(q)]``
+    (``rel_h(q)``: the query's ``h`` row terms ``q . Rh[row, key_row]``, ``rel_w(q)`` its ``w`` column terms) and
+    ``k' = [k, onehot(key_row), onehot(key_col)]``, ``q' . k'`` is the biased score, so a single
+    ``scaled_dot_product_attention`` call (scale 1) does it all. The width is padded to a multiple of 8 and ``v``
+    to the same width (CPU and CUDA fused kernels want equal q/k/v widths).
+    """
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must be B x heads x N x C of one shape, got {q.shape}, {k.shape}, {v.shape}")
+    h, w = hw
+    b, heads, n, c = q.shape
+    if n != h * w:
+        raise ValueError(f"N = {n} tokens do not make an {h} x {w} grid")
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # h x h x C
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # w x w x C
+    width = -(-(c + h + w) // 8) * 8
+    r_q = q.reshape(b * heads, h, w, c)
+    rel_h = torch.einsum("byxc,ykc->byxk", r_q, rh).reshape(b, heads, n, h)
+    rel_w = torch.einsum("byxc,xkc->byxk", r_q, rw).reshape(b, heads, n, w)
+    pad = q.new_zeros(()).expand(b, heads, n, width - c - h - w)
+    qa = torch.cat([q * scale, rel_h, rel_w, pad], dim=-1)  # one write each
+    ka = torch.cat([k, _key_indicators(h, w, k.dtype, k.device).expand(b, heads, n, h + w), pad], dim=-1)
+    va = F.pad(v, (0, width - c))
+    out = F.scaled_dot_product_attention(qa, ka, va, scale=1.0)
+    return out[..., :c]
+
+
+def _key_indicators(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(h*w) x (h + w)``: for key ``(row, col)``, a one at ``row`` and at ``h + col``."""
+    rows = torch.arange(h * w, device=device) // w
+    cols = torch.arange(h * w, device=device) % w
+    out = torch.zeros(h * w, h + w, dtype=dtype, device=device)
+    out[torch.arange(h * w, device=device), rows] = 1
+    out[torch.arange(h * w, device=device), h + cols] = 1
+    return out

@@ -2,7 +2,8 @@
 
 A drop-in for ``sam2.sam2_image_predictor.SAM2ImagePredictor``: same names, arguments, defaults, shapes
 and dtypes (masks come back as float32 0/1 arrays, as the official predictor returns them). Inputs are
-checked and bad ones raise ``TypeError``/``ValueError`` saying what was expected.
+checked and bad ones raise ``TypeError``/``ValueError`` saying what was expected. The keyword-only
+``precision`` ("fp32" default and exact, "fp32-fast", "bf16") is samforge's addition, as for ``SamPredictor``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from samforge.predict.checks import (
     describe,
     to_float_array,
 )
+from samforge.predict.predictor import check_precision, run_cast
 from samforge.predict.sam2_transforms import SAM2Transforms
 
 # official Hugging Face model ids -> (config, file name); samforge never downloads, it names the file to get
@@ -44,16 +46,22 @@ class SAM2ImagePredictor:
         mask_threshold: float = 0.0,
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
+        *,
+        precision: str = "fp32",
         **kwargs: Any,
     ) -> None:
         """``max_hole_area`` / ``max_sprinkle_area``: see ``SAM2Transforms`` (skipped with a warning, as the
-        official code does without its CUDA extension). Other keyword arguments may only be those of
-        ``build_sam2`` (``from_pretrained`` passes them to both), which are ignored here."""
+        official code does without its CUDA extension). ``precision``: "fp32" (default, exact), "fp32-fast"
+        (the same as "fp32" here: Hiera has no relative-position bias and already uses fused SDPA) or "bf16"
+        (the image encoder in bfloat16 end to end, weights cast per image; its features are kept in float32 and
+        the prompt decoder runs in float32, so outputs are float32). Other keyword arguments may only be those
+        of ``build_sam2`` (``from_pretrained`` passes them to both), which are ignored here."""
         if not isinstance(sam_model, SAM2Base):
             raise TypeError(f"sam_model must be a samforge SAM2Base (see build_sam2), got {type(sam_model).__name__}")
         unknown = set(kwargs) - BUILD_KWARGS
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+        self.precision = check_precision(precision)
         self.model = sam_model
         self._transforms = SAM2Transforms(
             resolution=sam_model.image_size,
@@ -122,7 +130,7 @@ class SAM2ImagePredictor:
 
     def _embed(self, img_batch: torch.Tensor) -> dict[str, Any]:
         """Image embedding (stride 16, with the no-memory embedding) and the two high-res levels."""
-        backbone_out = self.model.forward_image(img_batch)
+        backbone_out = self._forward_image(img_batch)
         _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
         if self.model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
@@ -132,6 +140,21 @@ class SAM2ImagePredictor:
             for feat, size in zip(vision_feats[::-1], self._bb_feat_sizes[::-1])
         ][::-1]
         return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+
+    def _forward_image(self, img_batch: torch.Tensor) -> dict[str, Any]:
+        """``SAM2Base.forward_image``; in bf16 the image encoder (trunk + neck) runs on bf16 weights and input
+        throughout, its outputs come back as float32, and the rest of ``forward_image`` (the decoder's
+        ``conv_s0`` / ``conv_s1`` projections of the high-res levels) runs in float32 as usual."""
+        if self.precision != "bf16":
+            return self.model.forward_image(img_batch)
+        out = run_cast(self.model.image_encoder, torch.bfloat16, img_batch.to(torch.bfloat16))
+        fpn = [level.float() for level in out["backbone_fpn"]]
+        backbone_out = {"vision_features": fpn[-1], "vision_pos_enc": [p.float() for p in out["vision_pos_enc"]]}
+        if self.model.use_high_res_features_in_sam:
+            fpn[0] = self.model.sam_mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.model.sam_mask_decoder.conv_s1(fpn[1])
+        backbone_out["backbone_fpn"] = fpn
+        return backbone_out
 
     def predict(
         self,

@@ -229,6 +229,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     start_time = time.perf_counter()
     data_time = compute_time = 0.0
     clips_skipped = clips_padded = 0  # SAM 2 clips: too short or without an object on the first frame / padded
+    steps_since_log = 0
     while step < cfg.steps:
         t0 = time.perf_counter()
         stats: dict[str, float] = {}
@@ -260,18 +261,20 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         progress.update(1)
         progress.set_postfix(loss=f"{stats['loss']:.3f}", miou=f"{stats['miou_last_round']:.2f}")
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
-                           "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / cfg.log_every, 4),
-                           "data_frac": round(data_time / max(compute_time, 1e-9), 4),
-                           "peak_memory_mb": round(peak_memory_mb(device), 1),
-                           **({"clips_skipped": clips_skipped, "clips_padded": clips_padded} if sam2 else {})})
-            data_time = compute_time = 0.0
+        steps_since_log += 1
         out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - start_time) / 60 > cfg.max_minutes
         if distributed:  # every rank must agree to stop
             flag = torch.tensor([float(out_of_time)])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
+        if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
+            metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
+                           "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / steps_since_log, 4),
+                           "data_frac": round(data_time / max(compute_time, 1e-9), 4),
+                           "peak_memory_mb": round(peak_memory_mb(device), 1),
+                           **({"clips_skipped": clips_skipped, "clips_padded": clips_padded} if sam2 else {})})
+            data_time = compute_time = 0.0
+            steps_since_log = 0
         finished = step == cfg.steps or out_of_time
         if main_process and (step % cfg.val_every == 0 or finished):
             overlay_path = out / "overlays" / f"val_step{step:06d}.png"

@@ -1,0 +1,268 @@
+"""Fast inference paths (issue #10): fused rel-pos attention ("folded", "sdpa_bias"), the predictors'
+``precision="fp32-fast"`` / ``"bf16"``, checked for agreement with the exact fp32 path (which the parity tests
+hold bit-for-bit to the official code). Small configurations for the logic, real vit_b block shapes for the
+attention itself. No timings here: speed lives in benchmarks/."""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from parity import prompt_cases, scale_mask_input
+from sam2_oracle import SMALL_OVERRIDES, make_sam2_pair
+from sam2_oracle import prompt_cases as sam2_prompt_cases
+
+from samforge import SAM2ImagePredictor, SamPredictor
+from samforge.models.build import build_sam
+from samforge.models.configs import SAM_CONFIGS
+from samforge.models.image_encoder import (
+    Block,
+    RelPosAttention,
+    attention_mode,
+    folded_rel_pos_attention,
+    set_attention_mode,
+)
+from samforge.models.sam2.hiera import MultiScaleAttention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAST_MODES = ("folded", "sdpa_bias")
+MIN_IOU = 0.98
+
+
+def perturbed_sam(config, seed: int):
+    """A small SAM whose weights are moved well off their initial values, so masks are non-trivial."""
+    torch.manual_seed(seed)
+    model = build_sam(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def assert_masks_agree(fast, exact, name: str) -> None:
+    """Same shapes and dtypes, float32 scores/logits, every mask IoU >= MIN_IOU."""
+    for a, b in zip(fast, exact):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+    masks_fast, masks_exact = fast[0], exact[0]
+    if masks_exact.dtype != bool and masks_exact.dtype != np.float32:
+        raise AssertionError(f"{name}: unexpected mask dtype {masks_exact.dtype}")
+    if masks_exact.dtype == np.float32 and not set(np.unique(masks_exact)) <= {0.0, 1.0}:
+        return  # logits: compared by the caller
+    masks_fast = masks_fast.reshape(-1, *masks_fast.shape[-2:])
+    masks_exact = masks_exact.reshape(-1, *masks_exact.shape[-2:])
+    for i, (a, b) in enumerate(zip(masks_fast > 0, masks_exact > 0)):
+        assert mask_iou(a, b) >= MIN_IOU, f"{name} mask {i}: IoU {mask_iou(a, b):.4f} < {MIN_IOU}"
+
+
+# --- attention --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+@pytest.mark.parametrize("hw", [(6, 6), (5, 7)])
+def test_fast_attention_equals_reference(mode, hw):
+    torch.manual_seed(0)
+    attn = RelPosAttention(dim=32, num_heads=4, qkv_bias=True, use_rel_pos=True, input_size=hw)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(3, *hw, 32)
+    with torch.no_grad():
+        exact = attn(x)
+        set_attention_mode(attn, mode)
+        fast = attn(x)
+    assert (fast - exact).abs().max().item() <= 1e-5 * exact.abs().max().item()
+
+
+def test_folded_checks_inputs():
+    q = torch.randn(1, 2, 12, 8)
+    table = torch.randn(7, 8)
+    with pytest.raises(ValueError, match="grid"):
+        folded_rel_pos_attention(q, q, q, table, table, (4, 4), 1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        folded_rel_pos_attention(q, q[:, :1], q, table, table, (3, 4), 1.0)
+
+
+def test_attention_mode_context_restores_and_checks():
+    model = perturbed_sam("vit_small", seed=0)
+    modes = lambda: {m.attention_mode for m in model.modules() if isinstance(m, RelPosAttention)}  # noqa: E731
+    assert modes() == {"exact"}
+    with attention_mode(model, "folded"):
+        assert modes() == {"folded"}
+    assert modes() == {"exact"}
+    with pytest.raises(ValueError, match="attention mode must be one of"):
+        set_attention_mode(model, "flash")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        set_attention_mode("model", "folded")
+    assert modes() == {"exact"}
+
+
+@pytest.mark.parametrize("window_size,grid", [(14, 64), (0, 32)], ids=["window14_grid64", "global_grid32"])
+def test_vit_b_block_fast_paths(window_size, grid):
+    """A vit_b block (width 768, 12 heads): window 14 on the real 64x64 grid (padded to 70) and a global one."""
+    torch.manual_seed(1)
+    block = Block(768, 12, 4.0, True, True, window_size, (grid, grid)).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    x = torch.randn(1, grid, grid, 768)
+    with torch.no_grad():
+        exact = block(x)
+        for mode in FAST_MODES:
+            with attention_mode(block, mode):
+                fast = block(x)
+            scale = exact.abs().max().item()
+            assert (fast - exact).abs().max().item() <= 1e-4 * scale, mode
+
+
+@pytest.mark.parametrize("window_size", [8, 6], ids=["no_padding", "padding"])
+def test_encoder_fast_paths_agree(window_size):
+    cfg = dataclasses.replace(SAM_CONFIGS["vit_small"], window_size=window_size)
+    model = perturbed_sam(cfg, seed=2)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        exact = model.image_encoder(x)
+        for mode in FAST_MODES:
+            with attention_mode(model, mode):
+                fast = model.image_encoder(x)
+            assert (fast - exact).abs().max().item() <= 1e-4 * exact.abs().max().item(), mode
+
+
+def test_hiera_attention_is_sdpa():
+    attn = MultiScaleAttention(16, 32, num_heads=2, q_pool=torch.nn.MaxPool2d(2, 2))
+    sdpa = F.scaled_dot_product_attention
+    with mock.patch("samforge.models.sam2.hiera.F.scaled_dot_product_attention", wraps=sdpa) as spy:
+        out = attn(torch.randn(1, 8, 8, 16))
+    assert spy.call_count == 1 and out.shape == (1, 4, 4, 32)
+
+
+# --- SamPredictor -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam_and_image():
+    model = perturbed_sam("vit_small", seed=3)
+    image = np.random.default_rng(3).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    exact = SamPredictor(model)
+    exact.set_image(image)
+    return model, image, exact
+
+
+@pytest.mark.parametrize("precision", ["fp32-fast", "bf16"])
+def test_sam_predictor_precision_agrees(sam_and_image, precision):
+    model, image, exact = sam_and_image
+    fast = SamPredictor(model, precision=precision)
+    fast.set_image(image)
+    emb, emb_exact = fast.get_image_embedding(), exact.get_image_embedding()
+    assert emb.dtype == torch.float32
+    tol = 1e-4 if precision == "fp32-fast" else 0.05
+    assert (emb - emb_exact).abs().max().item() <= tol * emb_exact.abs().max().item()
+    assert {m.attention_mode for m in model.modules() if isinstance(m, RelPosAttention)} == {"exact"}
+    rng = np.random.default_rng(4)
+    nontrivial = 0
+    for name, kwargs in prompt_cases(*image.shape[:2], rng).items():
+        kwargs = scale_mask_input(kwargs, model.prompt_encoder.mask_input_size[0])
+        out_fast, out_exact = fast.predict(**kwargs), exact.predict(**kwargs)
+        assert out_fast[1].dtype == np.float32 and out_fast[2].dtype == np.float32, name
+        assert_masks_agree(out_fast, out_exact, name)
+        if out_exact[0].dtype == bool:
+            frac = out_exact[0].mean(axis=(-2, -1))
+            nontrivial += int(((frac > 0.02) & (frac < 0.98)).sum())
+        logit_tol = 1e-3 if precision == "fp32-fast" else 0.1
+        diff = np.abs(out_fast[2] - out_exact[2]).max()
+        assert diff <= logit_tol * max(1.0, np.abs(out_exact[2]).max()), f"{name}: low-res logits differ by {diff}"
+    assert nontrivial >= 5, "masks are (almost) all empty or full: the agreement check would prove nothing"
+
+
+def test_sam_predictor_predict_torch_bf16(sam_and_image):
+    model, image, exact = sam_and_image
+    fast = SamPredictor(model, precision="bf16")
+    fast.set_image(image)
+    boxes = torch.tensor([[10.0, 10.0, 150.0, 120.0], [40.0, 30.0, 200.0, 170.0]])
+    out_fast = fast.predict_torch(None, None, boxes=boxes)
+    out_exact = exact.predict_torch(None, None, boxes=boxes)
+    assert [t.dtype for t in out_fast] == [torch.bool, torch.float32, torch.float32]
+    for a, b in zip(out_fast[0].flatten(0, 1), out_exact[0].flatten(0, 1)):
+        assert mask_iou(a.numpy(), b.numpy()) >= MIN_IOU
+
+
+def test_sam_predictor_default_is_exact(small_pair):
+    """The default and an explicit "fp32" run the official operations: bit-identical embeddings."""
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    official, ours = small_pair
+    image = np.random.default_rng(5).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    p_official = OfficialPredictor(official)
+    p_official.set_image(image)
+    for predictor in (SamPredictor(ours), SamPredictor(ours, precision="fp32")):
+        assert predictor.precision == "fp32"
+        predictor.set_image(image)
+        assert torch.equal(predictor.features, p_official.features)
+
+
+@pytest.mark.parametrize("bad", ["fp16", "BF16", None, 16])
+def test_bad_precision_refused(small_pair, bad):
+    _, ours = small_pair
+    with pytest.raises(ValueError, match=r"precision must be one of \['bf16', 'fp32', 'fp32-fast'\]"):
+        SamPredictor(ours, precision=bad)
+
+
+def test_precision_is_keyword_only(small_pair):
+    _, ours = small_pair
+    with pytest.raises(TypeError):
+        SamPredictor(ours, "bf16")  # type: ignore[misc]
+
+
+# --- SAM2ImagePredictor -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_small():
+    _, ours = make_sam2_pair("sam2.1_hiera_t", seed=11, overrides=SMALL_OVERRIDES)
+    image = np.random.default_rng(6).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    exact = SAM2ImagePredictor(ours)
+    exact.set_image(image)
+    return ours, image, exact
+
+
+def test_sam2_fp32_fast_is_fp32(sam2_small):
+    model, image, exact = sam2_small
+    fast = SAM2ImagePredictor(model, precision="fp32-fast")
+    fast.set_image(image)
+    assert torch.equal(fast.get_image_embedding(), exact.get_image_embedding())
+
+
+def test_sam2_bf16_agrees(sam2_small):
+    model, image, exact = sam2_small
+    fast = SAM2ImagePredictor(model, precision="bf16")
+    fast.set_image(image)
+    emb, emb_exact = fast.get_image_embedding(), exact.get_image_embedding()
+    assert emb.dtype == torch.float32
+    assert (emb - emb_exact).abs().max().item() <= 0.05 * emb_exact.abs().max().item()
+    rng = np.random.default_rng(7)
+    nontrivial = 0
+    for name, kwargs in sam2_prompt_cases(*image.shape[:2], rng, low_res=64).items():
+        out_fast, out_exact = fast.predict(**kwargs), exact.predict(**kwargs)
+        assert all(o.dtype == np.float32 for o in out_fast), name
+        assert_masks_agree(out_fast, out_exact, name)
+        if not kwargs.get("return_logits"):
+            frac = out_exact[0].reshape(-1, *image.shape[:2]).mean(axis=(-2, -1))
+            nontrivial += int(((frac > 0.02) & (frac < 0.98)).sum())
+    assert nontrivial >= 5, "masks are (almost) all empty or full: the agreement check would prove nothing"
+
+
+def test_sam2_bad_precision_refused(sam2_small):
+    model, _, _ = sam2_small
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SAM2ImagePredictor(model, precision="float16")
+    with pytest.raises(TypeError):
+        SAM2ImagePredictor(model, 0.0, 0.0, 0.0, "bf16")  # type: ignore[misc]

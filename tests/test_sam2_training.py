@@ -188,3 +188,13 @@ def test_finetune_modes_and_lora_on_hiera(tmp_path):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(adapted, masks(other)))
     merged = masks(merge_lora(other))
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(adapted, merged))
+
+
+def test_all_frames_prompted_with_masks_still_backpropagates(model):
+    """Mask prompts on every frame of a 2-frame clip (both are conditioning frames): SAM 2.1 outputs the masks as
+    they are, so no mask loss has a gradient; the step must still be a valid backward (zero update)."""
+    forward = Sam2TrainingForward(model, MultiStepMultiMaskLoss(), Sam2PromptConfig(
+        prob_point=0.0, num_init_cond_frames=2, rand_init_cond_frames=False, num_frames_to_correct=2))
+    out = forward(disk_clip(2), np.random.default_rng(0))
+    assert out["loss"].requires_grad
+    out["loss"].backward()

@@ -169,6 +169,12 @@ class Sam2TrainingForward(nn.Module):
             key = "multistep_pred_multimasks"
             targets = F.interpolate(targets, frame_outputs[0][key][0].shape[-2:], mode="area")
         losses = self.loss_fn([{**o, "multistep_pred_multimasks": o[key]} for o in frame_outputs], targets)
+        if torch.is_grad_enabled() and not losses["loss"].requires_grad:
+            # every frame was prompted with its mask, which SAM 2.1 outputs as is: nothing to learn from the
+            # masks, but the object pointers were decoded; keep the graph (DDP expects every step to backprop)
+            pointers = [o["obj_ptr"] for o in frame_outputs if o["obj_ptr"].requires_grad]
+            if pointers:
+                losses["loss"] = losses["loss"] + 0.0 * sum(p.sum() for p in pointers)
         with torch.no_grad():
             pred = torch.stack([o["pred_masks_high_res"][:, 0] for o in frame_outputs]) > 0
             inter = (pred & gts).flatten(2).sum(-1).float()

@@ -420,10 +420,7 @@ def test_cli_errors_write_nothing(hiera_t_checkpoint, tmp_path, capsys):
     adapter = tmp_path / "adapter.safetensors"
     adapter.write_bytes(b"x")
     code, _, err = run_cli(capsys, *sam2, checkpoint, "--adapter", adapter, "--out", out)
-    assert code == 2 and "not supported on SAM 2" in err
-    # a SAM 2 checkpoint recognised from its weights, with an adapter: refused after loading, before writing
-    code, _, err = run_cli(capsys, "export", "onnx", "--checkpoint", checkpoint, "--adapter", adapter, "--out", out)
-    assert code == 2 and "not supported on SAM 2" in err
+    assert code == 2 and "adapter" in err  # not an adapter file: refused before anything is written
     code, _, err = run_cli(capsys, *sam2, checkpoint, "--opset", 13, "--out", out)
     assert code == 2 and "unsupported ONNX opset 13" in err
     torch.manual_seed(0)
@@ -597,3 +594,39 @@ def test_failure_during_export_leaves_no_file(small, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="quantization failed"):
         export_sam2_onnx(small, existing, parts="decoder", quantize="int8")
     assert leftovers(existing) == ["decoder.onnx"] and (existing / "decoder.onnx").read_bytes() == b"old"
+
+
+def test_cli_merges_a_sam2_lora_adapter(hiera_t_checkpoint, tmp_path, capsys):
+    """A LoRA adapter trained on the SAM 2 checkpoint (Hiera Q/V adapters + the decoder side it replaces) is
+    merged before export: the exported decoder computes what the merged PyTorch model's decoder computes; an
+    adapter of another base is refused and nothing is written."""
+    from samforge.models.lora import merge_lora
+    from samforge.train.adapter_file import save_adapter, weights_fingerprint
+    from samforge.train.config import FinetuneConfig
+    from samforge.train.finetune import apply_finetune
+
+    checkpoint, _ = hiera_t_checkpoint
+    model = build_sam2("sam2.1_hiera_t", checkpoint, device="cpu")
+    base = weights_fingerprint(model)
+    plan = apply_finetune(model, FinetuneConfig(mode="lora", rank=2, alpha=2))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name.startswith("sam_mask_decoder.output_upscaling"):
+                p.add_(torch.randn_like(p) * 0.05)
+    adapter = save_adapter(tmp_path / "ft.safetensors", model, plan.lora, base, "sam2.1_hiera_t", plan.trained_prefixes)
+    out = tmp_path / "onnx"
+    code, printed, err = run_cli(capsys, "export", "onnx", "--model", "sam2.1_hiera_t", "--checkpoint", checkpoint,
+                                 "--adapter", adapter, "--decoder-only", "--out", out)
+    assert code == 0, err
+    assert "merged" in printed
+    module = SAM2OnnxDecoder(merge_lora(model).eval())
+    feed = {k: v.numpy() for k, v in zip(SAM2_DECODER_INPUTS, module.dummy_inputs(2))}
+    with torch.no_grad():
+        want = [t.numpy() for t in module(*[torch.from_numpy(feed[k]) for k in SAM2_DECODER_INPUTS])]
+    assert_close(session(out / "decoder.onnx").run(list(SAM2_DECODER_OUTPUTS), feed), want)
+    torch.manual_seed(9)
+    other = tmp_path / "other.pt"
+    torch.save({"model": build_sam2("sam2.1_hiera_t", device="cpu").state_dict()}, other)
+    code, _, err = run_cli(capsys, "export", "onnx", "--model", "sam2.1_hiera_t", "--checkpoint", other,
+                           "--adapter", adapter, "--out", tmp_path / "onnx2")
+    assert code == 2 and "another base" in err and not (tmp_path / "onnx2").exists()

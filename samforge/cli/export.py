@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights file (.pth/.pt official SAM or SAM 2, or samforge; .safetensors)")
     o.add_argument(
         "--adapter", default=None,
-        help="LoRA adapter (.safetensors) trained on --checkpoint, merged before export (SAM v1 models only)",
+        help="LoRA adapter (.safetensors) trained on --checkpoint (SAM or SAM 2), merged before export",
     )
     o.add_argument("--out", required=True, help="output directory (created if needed; files in it are replaced)")
     o.add_argument("--opset", type=int, default=None, help="ONNX opset, 14..20 (default 17)")
@@ -71,10 +71,6 @@ def run_onnx(args: argparse.Namespace) -> int:
     if args.model_type is not None and args.model_type not in ("default", *SAM_CONFIGS, *SAM2_CONFIGS):
         raise ValueError(f"--model-type must be one of {['default', *SAM_CONFIGS, *SAM2_CONFIGS]}, "
                          f"got {args.model_type!r}")
-    if args.model_type in SAM2_CONFIGS and args.adapter is not None:
-        raise ValueError(f"--adapter: LoRA adapters are not supported on SAM 2 models yet (samforge's LoRA adapts "
-                         f"SAM (v1) ViT image encoders only), got --model-type {args.model_type}; export without "
-                         "--adapter")
     out = check_out_dir(args.out)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
@@ -93,24 +89,20 @@ def run_onnx(args: argparse.Namespace) -> int:
 
     model = _load_model(checkpoint, args.model_type)
     note = ""
+    if args.adapter is not None:
+        config = load_adapter(model, args.adapter)  # raises when the adapter was trained on another base
+        merge_lora(model)
+        note = f" with adapter {args.adapter} (rank {config.rank}) merged"
     if isinstance(model, SAM2Base):
-        if args.adapter is not None:  # a SAM 2 checkpoint recognised from its weights
-            raise ValueError(f"--adapter: LoRA adapters are not supported on SAM 2 models yet (samforge's LoRA "
-                             f"adapts SAM (v1) ViT image encoders only), and {checkpoint} is a SAM 2 checkpoint "
-                             f"({model.config_name}); export without --adapter")
         from samforge.export.onnx_sam2 import export_sam2_onnx
 
         parts = ("decoder",) if args.decoder_only else ("encoder", "decoder")
         files = export_sam2_onnx(model, out, opset=opset, quantize=args.quantize,
                                  return_single_mask=args.return_single_mask, parts=parts)
-        print(f"exported {checkpoint} (SAM 2, {model.config_name}) to ONNX (opset {opset}):")
+        print(f"exported {checkpoint}{note} (SAM 2, {model.config_name}) to ONNX (opset {opset}):")
         for key, path in files.items():
             print(f"  {key}: {path.resolve()}")
         return 0
-    if args.adapter is not None:
-        config = load_adapter(model, args.adapter)  # raises when the adapter was trained on another base
-        merge_lora(model)
-        note = f" with adapter {args.adapter} (rank {config.rank}) merged"
     parts = ("decoder",) if args.decoder_only else ("encoder", "decoder")
     files = export_sam_onnx(model, out, opset=opset, quantize=args.quantize,
                             return_single_mask=args.return_single_mask, parts=parts)

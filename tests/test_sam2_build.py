@@ -10,7 +10,7 @@ import torch
 from sam2_oracle import SMALL_OVERRIDES, official_sam2, official_sam2_meta
 
 from samforge import SAM2_CONFIGS, SAM2ImagePredictor, build_sam2
-from samforge.models.sam2.config import ModelConfig, load_sam2_config
+from samforge.models.sam2.config import VIDEO_PREDICTOR_KEYS, ModelConfig, load_sam2_config
 
 
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -31,6 +31,7 @@ def settings(model) -> dict:
     """Every setting of a SAM2Base and of its modules that its constructor arguments decide."""
     skip = {"image_encoder", "memory_attention", "memory_encoder", "sam_mask_decoder_extra_args"}
     skip.add("compile_image_encoder")
+    skip.update(VIDEO_PREDICTOR_KEYS)  # SAM2VideoPredictor's settings (tests/test_sam2_video.py checks them)
     out = {f.name: getattr(model, f.name) for f in fields(ModelConfig) if f.name not in skip}
     out["no_obj_embed_spatial"] = out["no_obj_embed_spatial"] is not None  # a parameter, or None
     dec = model.sam_mask_decoder

@@ -109,6 +109,67 @@ def test_real_model_matches_official(small_pair, image, kwargs):
     assert_same_records(ours, official, exact=False)
 
 
+def _plain_decode(model, embedding, coords):
+    """The decoder's own forward for positive points ``B x 2`` (input frame): multimask logits and IoUs."""
+    labels = torch.ones(coords.shape[0], 1, dtype=torch.int)
+    sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+    return model.mask_decoder(image_embeddings=embedding,
+                              image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                              dense_prompt_embeddings=dense, multimask_output=True)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora_decoder"])
+def test_grid_decoder_matches_mask_decoder(small_pair, lora):
+    """The re-associated grid decoder gives the decoder's IoUs and low-res logits (to float rounding), also
+    with LoRA adapters on the decoder's attention, and for any subset of a batch's prompts."""
+    import copy
+
+    from samforge.models.lora import LoraConfig, add_lora
+    from samforge.predict.automatic_mask_generator import GridDecoder
+
+    model = copy.deepcopy(small_pair[1])
+    if lora:
+        add_lora(model, LoraConfig(rank=2, decoder=True))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    g = torch.Generator().manual_seed(0)
+    size = model.image_encoder.img_size
+    grid = model.prompt_encoder.image_embedding_size
+    embedding = torch.randn(1, model.prompt_encoder.embed_dim, *grid, generator=g)
+    coords = torch.rand(37, 2, generator=g) * torch.tensor([size, size * 0.75])  # three decoding chunks
+    with torch.no_grad():
+        logits, iou = _plain_decode(model, embedding, coords)
+        decoder = GridDecoder(model, embedding)
+        assert GridDecoder.supports(model)
+        our_iou, state = decoder.tokens(coords)
+        idx = torch.tensor([0, 3, 4, 5, 12, 20, 36])
+        our_logits = decoder.low_res_masks(state, idx)
+        best = iou.max(1).values.sort().values
+        thresh = float(best[18] + best[19]) / 2  # half the prompts have a mask above it, none at it
+        all_iou, prompts, kept_logits = decoder.decode(coords, thresh)
+    torch.testing.assert_close(our_iou, iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_logits, logits[idx], atol=1e-4, rtol=1e-5)
+    assert ((our_logits > 0) == (logits[idx] > 0)).float().mean() > 0.9999
+    torch.testing.assert_close(all_iou, iou, atol=1e-5, rtol=1e-5)
+    assert prompts.tolist() == (iou > thresh).any(1).nonzero().flatten().tolist() and 0 < len(prompts) < 37
+    torch.testing.assert_close(kept_logits, logits[prompts], atol=1e-4, rtol=1e-5)
+
+
+def test_plain_decoding_fallback_gives_same_masks(small_pair, image, monkeypatch):
+    """A decoder the grid decoder does not know is decoded the plain way, with the same masks."""
+    from samforge.predict.automatic_mask_generator import GridDecoder
+
+    _, our_model = small_pair
+    kwargs = dict(points_per_side=6, box_nms_thresh=1.0, **LOW)
+    fast = SamAutomaticMaskGenerator(our_model, **kwargs).generate(image)
+    monkeypatch.setattr(GridDecoder, "supports", staticmethod(lambda model: False))
+    plain = SamAutomaticMaskGenerator(our_model, **kwargs).generate(image)
+    assert len(fast) == 108
+    assert_same_records(fast, plain, exact=False)
+
+
 # ------------------------------------------------------------------------- fake decoder, both sides
 def _fake_set_image(self, image, image_format="RGB"):
     self.reset_image()
@@ -119,35 +180,59 @@ def _fake_set_image(self, image, image_format="RGB"):
     self.is_image_set = True
 
 
-def _fake_predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
-                        return_logits=False):
-    """Three masks per point: a small, a middle and a large blob of colours like the point's."""
-    h, w = self.original_size
-    nh, nw = self.input_size
-    img = self._fake_image
-    x = point_coords[:, 0, 0].float() * (w / nw)
-    y = point_coords[:, 0, 1].float() * (h / nh)
+def _fake_low_res(predictor, point_coords):
+    """Three low-res mask logits per point (``B x 3 x 256 x 256`` over the padded input frame, as the decoder
+    returns them) and IoU predictions ``B x 3``: a small, a middle and a large blob of colours like the
+    point's. ``point_coords``: ``B x 2`` in the resized input frame."""
+    h, w = predictor.original_size
+    nh, nw = predictor.input_size
+    img = predictor._fake_image
+    size = predictor.transform.target_length
+    low = predictor.model.prompt_encoder.mask_input_size[0]
+    x = point_coords[:, 0].float() * (w / nw)
+    y = point_coords[:, 1].float() * (h / nh)
     colour = img[y.long().clamp(0, h - 1), x.long().clamp(0, w - 1)]  # B x 3
-    colour_d = (img[None] - colour[:, None, None]).abs().sum(-1)  # B x h x w
-    yy = torch.arange(h, dtype=torch.float)[None, :, None]
-    xx = torch.arange(w, dtype=torch.float)[None, None, :]
+    # each low-res pixel's centre in the original image (outside it, the nearest edge pixel's colour)
+    centres = (torch.arange(low, dtype=torch.float) + 0.5) * (size / low)
+    yy = (centres * (h / nh))[None, :, None]
+    xx = (centres * (w / nw))[None, None, :]
+    sample = img[yy[0, :, 0].long().clamp(0, h - 1)][:, xx[0, 0].long().clamp(0, w - 1)]  # low x low x 3
+    colour_d = (sample[None] - colour[:, None, None]).abs().sum(-1)  # B x low x low
     space_d = ((xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2).sqrt() / max(h, w)
     logits = 4 * torch.stack(
         [4 - colour_d / 15 - space_d * 12, 4 - colour_d / 25 - space_d * 6, 3 - colour_d / 60 - space_d * 3], dim=1
     )
     frac = (logits > 0).float().mean((-1, -2))
     iou = 0.55 + 0.4 * frac + 0.05 * (x / w)[:, None] - torch.tensor([0.0, 0.05, 0.1])
+    return logits, iou
+
+
+def _fake_predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
+                        return_logits=False):
+    """The official predictor's decoding replaced by ``_fake_low_res``; its upsampling is its own."""
+    logits, iou = _fake_low_res(self, point_coords[:, 0, :])
     if not multimask_output:
         logits, iou = logits[:, :1], iou[:, :1]
-    masks = logits if return_logits else logits > 0
-    return masks, iou, logits[..., :4, :4]
+    masks = self.model.postprocess_masks(logits, self.input_size, self.original_size)
+    return (masks if return_logits else masks > 0), iou, logits
+
+
+def _fake_decode_points(self, coords, iou_thresh):
+    """Our generator's decoding replaced by the same ``_fake_low_res``; the rest (IoU filter, upsampling,
+    stability, boxes, RLEs, NMS, small regions) is ours. Returns what ``_decode_points`` does: the IoUs,
+    the prompts with a mask above ``iou_thresh`` (all when None) and their low-res logits."""
+    logits, iou = _fake_low_res(self.predictor, coords)
+    wanted = (iou > iou_thresh).any(1) if iou_thresh is not None else torch.ones(len(iou), dtype=torch.bool)
+    prompts = wanted.nonzero().flatten()
+    return iou, prompts, logits[prompts]
 
 
 @pytest.fixture
 def fake_decoder(monkeypatch):
     for cls in (SamPredictor, OfficialPredictor):
         monkeypatch.setattr(cls, "set_image", _fake_set_image)
-        monkeypatch.setattr(cls, "predict_torch", _fake_predict_torch)
+    monkeypatch.setattr(OfficialPredictor, "predict_torch", _fake_predict_torch)
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "_decode_points", _fake_decode_points)
 
 
 FAKE = dict(points_per_side=10, pred_iou_thresh=0.6, stability_score_thresh=0.6)
@@ -437,3 +522,4 @@ def test_utility_input_checks():
     with pytest.raises(ValueError, match="same length"):
         list(amg.batch_iterator(2, [1, 2, 3], [1, 2]))
     assert list(amg.batch_iterator(2, [1, 2, 3])) == [[[1, 2]], [[3]]]
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from copy import deepcopy
 from itertools import product
 from typing import Any, Iterator, Sequence
 
@@ -175,19 +174,21 @@ class MaskData:
                 self._stats[k] = [v[i] for i in keep_list]
 
     def cat(self, new_stats: "MaskData") -> None:
-        """Append the rows of ``new_stats`` (column by column)."""
+        """Append the rows of ``new_stats`` (column by column). Lists are copied, not their items (the
+        official code deep-copies them, which for RLE lists of many runs costs more than making them)."""
         if not isinstance(new_stats, MaskData):
             raise TypeError(f"new_stats must be a MaskData, got {type(new_stats).__name__}")
         for k, v in new_stats.items():
             old = self._stats.get(k)
             if old is None:
-                self._stats[k] = deepcopy(v)
+                self._stats[k] = list(v) if isinstance(v, list) else v.copy() if isinstance(v, np.ndarray) \
+                    else v.clone()
             elif isinstance(v, torch.Tensor):
                 self._stats[k] = torch.cat([old, v.to(old.device)], dim=0)
             elif isinstance(v, np.ndarray):
                 self._stats[k] = np.concatenate([old, v], axis=0)
             else:
-                self._stats[k] = old + deepcopy(v)
+                self._stats[k] = old + list(v)
 
     def to_numpy(self) -> None:
         """Move every tensor column to a numpy array on the CPU."""
@@ -381,13 +382,20 @@ def mask_to_rle(masks: torch.Tensor) -> list[dict]:
     if n == 0:
         return [{"size": [h, w], "counts": []} for _ in range(b)]
     flat = masks.transpose(1, 2).reshape(b, n)
-    rows, cols = (flat[:, 1:] ^ flat[:, :-1]).nonzero(as_tuple=True)
+    rows, cols = (flat[:, 1:] ^ flat[:, :-1]).nonzero(as_tuple=True)  # in order: mask by mask, pixel by pixel
     # run boundaries of all masks on one axis: mask i spans [i*n, (i+1)*n], a change after pixel c of
-    # mask i starts a run at i*n + c + 1 (strictly inside the span); differences are the run lengths
-    starts = torch.arange(b + 1, device=flat.device) * n
-    bounds = torch.cat([starts, rows * n + cols + 1]).sort().values
+    # mask i starts a run at i*n + c + 1 (strictly inside the span); differences are the run lengths.
+    # The changes come sorted, so the mask starts are slotted in before each mask's changes (no sort).
+    changes = torch.bincount(rows, minlength=b)
+    start_slots = torch.arange(b, device=flat.device) + torch.cumsum(changes, 0) - changes
+    bounds = torch.empty(b + len(rows) + 1, dtype=torch.long, device=flat.device)
+    is_start = torch.zeros(len(bounds), dtype=torch.bool, device=flat.device)
+    is_start[start_slots] = True
+    is_start[-1] = True
+    bounds[is_start] = torch.arange(b + 1, device=flat.device) * n
+    bounds[~is_start] = rows * n + cols + 1
     lengths = (bounds[1:] - bounds[:-1]).tolist()
-    runs_per_mask = (torch.bincount(rows, minlength=b) + 1).tolist()
+    runs_per_mask = (changes + 1).tolist()
     first_set = flat[:, 0].tolist()
     out, pos = [], 0
     for i in range(b):

@@ -266,3 +266,21 @@ def test_sam2_bad_precision_refused(sam2_small):
         SAM2ImagePredictor(model, precision="float16")
     with pytest.raises(TypeError):
         SAM2ImagePredictor(model, 0.0, 0.0, 0.0, "bf16")  # type: ignore[misc]
+
+
+def test_automatic_mask_generator_precision(sam_and_image):
+    """The generator's encoder path follows ``precision``; the masks of fp32-fast and bf16 agree with fp32."""
+    from samforge import SamAutomaticMaskGenerator
+
+    sam, image, _ = sam_and_image
+    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    exact = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+    assert len(exact) > 0
+    for precision, floor in (("fp32-fast", 0.99), ("bf16", 0.95)):
+        records = SamAutomaticMaskGenerator(sam, **settings, precision=precision).generate(image)
+        assert len(records) == len(exact)
+        for rec in records:
+            best = max(mask_iou(rec["segmentation"], e["segmentation"]) for e in exact)
+            assert best >= floor, f"{precision}: a mask matches fp32 with IoU {best}"
+    with pytest.raises(ValueError, match="precision"):
+        SamAutomaticMaskGenerator(sam, precision="fp16")

@@ -41,7 +41,7 @@ from samforge.export import (  # noqa: E402
     export_sam2_onnx,
     export_sam_onnx,
 )
-from samforge.export import onnx_sam2  # noqa: E402
+from samforge.export import onnx_sam  # noqa: E402
 from samforge.export.onnx_predictor import ImageNotSetError  # noqa: E402
 from samforge.export.onnx_sam2_predictor import sam2_preprocess, stability_choice  # noqa: E402
 from samforge.models.build import build_sam  # noqa: E402
@@ -583,7 +583,7 @@ def test_failure_during_export_leaves_no_file(small, tmp_path, monkeypatch):
         Path(dst).write_bytes(b"half")
         raise RuntimeError("quantization failed")
 
-    monkeypatch.setattr(onnx_sam2, "_quantize_int8", broken)
+    monkeypatch.setattr(onnx_sam, "_quantize_int8", broken)  # the staging both exports share
     fresh = tmp_path / "fresh" / "dir"
     with pytest.raises(RuntimeError, match="quantization failed"):
         export_sam2_onnx(small, fresh, quantize="int8")

@@ -46,7 +46,7 @@ import os
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -432,7 +432,16 @@ def export_sam_onnx(
     Every file is produced in a private work directory first and moved into place (atomically, each) only
     when all of them are complete: a failure leaves no new file behind. Existing files are replaced.
     """
-    model = _check_sam(model)
+    return write_onnx_parts(_check_sam(model), out_dir, opset, quantize, return_single_mask, parts, external_data,
+                            _export_encoder, _export_decoder)
+
+
+def write_onnx_parts(model: nn.Module, out_dir: str | os.PathLike, opset: int, quantize: str | None,
+                     return_single_mask: bool, parts: Iterable[str], external_data: bool | None,
+                     export_encoder: Callable[..., list[Path]], export_decoder: Callable[..., Path]) -> dict[str, Path]:
+    """The checks, staging and atomic moves shared by the SAM and SAM 2 exports: ``export_encoder(model,
+    directory, opset, external_data)`` and ``export_decoder(model, directory, opset, return_single_mask)``
+    write one model family's files (see :func:`export_sam_onnx`)."""
     opset = check_opset(opset)
     quantize = check_quantize(quantize)
     if not isinstance(return_single_mask, bool):
@@ -459,10 +468,10 @@ def export_sam_onnx(
         staged: dict[str, list[Path]] = {}
         if "encoder" in parts:
             (work / "encoder").mkdir()
-            staged["encoder"] = _export_encoder(plain, work / "encoder", opset, external_data)
+            staged["encoder"] = export_encoder(plain, work / "encoder", opset, external_data)
         if "decoder" in parts:
             (work / "decoder").mkdir()
-            staged["decoder"] = [_export_decoder(plain, work / "decoder", opset, return_single_mask)]
+            staged["decoder"] = [export_decoder(plain, work / "decoder", opset, return_single_mask)]
             if quantize == "int8":
                 (work / "decoder_int8").mkdir()
                 target = work / "decoder_int8" / FILE_NAMES["decoder_int8"]

@@ -46,21 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.export.onnx_sam import (
-    DEFAULT_OPSET,
-    FILE_NAMES,
-    PARTS,
-    _export_model,
-    _finish,
-    _quantize_int8,
-    _require_quantization,
-    _staging,
-    _torch_export,
-    check_opset,
-    check_out_dir,
-    check_quantize,
-    require_onnx,
-)
+from samforge.export.onnx_sam import DEFAULT_OPSET, FILE_NAMES, PARTS, _finish, _torch_export, write_onnx_parts
 from samforge.export.onnx_sam2_predictor import (
     SAM2_DECODER_INPUTS,
     SAM2_DECODER_OUTPUTS,
@@ -69,7 +55,6 @@ from samforge.export.onnx_sam2_predictor import (
 )
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.sam2_transforms import IMAGENET_MEAN, IMAGENET_STD
-from samforge.utils.atomic import atomic_path
 
 LOW_RES_CLAMP = 32.0  # SAM2ImagePredictor clamps the low-res logits it returns to [-32, 32]
 
@@ -268,49 +253,5 @@ def export_sam2_onnx(
     Every file is produced in a private work directory first and moved into place (atomically, each) only
     when all of them are complete: a failure leaves no new file behind. Existing files are replaced.
     """
-    model = _check_sam2(model)
-    opset = check_opset(opset)
-    quantize = check_quantize(quantize)
-    if not isinstance(return_single_mask, bool):
-        raise TypeError(f"return_single_mask must be a bool, got {type(return_single_mask).__name__}")
-    if external_data is not None and not isinstance(external_data, bool):
-        raise TypeError(f"external_data must be None or a bool, got {type(external_data).__name__}")
-    if isinstance(parts, str):
-        parts = (parts,)
-    try:
-        parts = tuple(parts)
-    except TypeError as e:
-        raise TypeError(f"parts must be a sequence of names from {list(PARTS)}, got {type(parts).__name__}") from e
-    bad = [p for p in parts if p not in PARTS]
-    if not parts or bad or len(set(parts)) != len(parts):
-        raise ValueError(f"parts must be distinct names from {list(PARTS)}, got {list(parts)}")
-    if quantize is not None and "decoder" not in parts:
-        raise ValueError(f"quantize={quantize!r} quantizes the decoder, but parts {list(parts)} leave it out")
-    out = check_out_dir(out_dir)
-    require_onnx()
-    if quantize is not None:
-        _require_quantization()
-
-    with _staging(out) as work, _export_model(model) as plain:
-        staged: dict[str, list[Path]] = {}
-        if "encoder" in parts:
-            (work / "encoder").mkdir()
-            staged["encoder"] = _export_encoder(plain, work / "encoder", opset, external_data)
-        if "decoder" in parts:
-            (work / "decoder").mkdir()
-            staged["decoder"] = [_export_decoder(plain, work / "decoder", opset, return_single_mask)]
-            if quantize == "int8":
-                (work / "decoder_int8").mkdir()
-                target = work / "decoder_int8" / FILE_NAMES["decoder_int8"]
-                _quantize_int8(staged["decoder"][0], target)
-                staged["decoder_int8"] = [target]
-        written: dict[str, Path] = {}
-        for key, files in staged.items():
-            for f in files:
-                with atomic_path(out / f.name) as tmp:
-                    os.replace(f, tmp)
-            written[key] = out / FILE_NAMES[key]
-        stale = out / (FILE_NAMES["encoder"] + ".data")  # weights of an earlier export with external data
-        if "encoder" in staged and stale.name not in {f.name for f in staged["encoder"]} and stale.is_file():
-            stale.unlink()
-    return written
+    return write_onnx_parts(_check_sam2(model), out_dir, opset, quantize, return_single_mask, parts, external_data,
+                            _export_encoder, _export_decoder)

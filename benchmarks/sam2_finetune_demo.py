@@ -22,7 +22,7 @@ import torch
 from samforge.data.clip_dataset import open_clip_dataset
 from samforge.evaluate.volume_metrics import evaluate_volumes
 from samforge.models.sam2 import build_sam2
-from samforge.predict.sam2_video_predictor import SAM2VideoPredictor
+from samforge.predict.sam2_video_predictor import video_predictor_for
 from samforge.train.clip_batches import TrainingClips, collate_clips
 from samforge.train.config import load_config
 from samforge.train.sam2_losses import MultiStepMultiMaskLoss
@@ -46,8 +46,7 @@ def run_training(out: Path, overrides: list[str]) -> dict:
 
 def dice_of(checkpoint: str | None, size: int, data, device: str, volumes: int) -> dict:
     model = build_sam2("sam2.1_hiera_t", checkpoint, device=device, hydra_overrides_extra=[f"++model.image_size={size}"])
-    predictor = SAM2VideoPredictor(model, fill_hole_area=8)
-    model.binarize_mask_from_pts_for_mem_enc = True
+    predictor = video_predictor_for(model)
     result = evaluate_volumes(predictor, data, prompt="box", max_volumes=volumes)
     m = result.to_metrics_dict()
     return {"dice_3d": round(m["dice_3d"], 4), "iou_3d": round(m["iou_3d"], 4), "objects": m["num_objects"]}

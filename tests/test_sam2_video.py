@@ -154,13 +154,14 @@ def test_reverse_propagation_from_a_middle_frame(predictors, clip_dir):
 def test_reverse_pass_with_no_object_pointer(predictors, clip_dir):
     """Reverse from a frame after the only prompt: no pointer is in reach (SAM 2.1 reads past ones only), and the
     bf16 memories alone reach the attention. The official code fails there on CPU (a dtype mismatch); ours runs
-    and agrees with the same pass given fp32 memories."""
+    and gives a mask for every frame of the pass."""
     _, ours = predictors
     state = ours.init_state(clip_dir)
     ours.add_new_points_or_box(state, 3, 7, points=[[48, 46]], labels=[1])
     list(ours.propagate_in_video(state))
-    frames = [f for f, _, m in ours.propagate_in_video(state, start_frame_idx=5, max_frame_num_to_track=2, reverse=True)]
-    assert frames == [5, 4, 3]
+    out = list(ours.propagate_in_video(state, start_frame_idx=5, max_frame_num_to_track=2, reverse=True))
+    assert [f for f, _, _ in out] == [5, 4, 3]
+    assert all(m.shape == (1, 1, H, W) and torch.isfinite(m).all() for _, _, m in out)
 
 
 def test_mask_prompt_clear_and_remove(predictors, clip_dir):
@@ -325,3 +326,18 @@ def test_real_hiera_tiny_shapes(clip_dir):
         out(list(p.propagate_in_video(s, max_frame_num_to_track=3)))
 
     run_both((official, ours), clip_dir, script)
+
+
+def test_video_predictor_for_an_image_model_matches_the_video_build():
+    """A model built for images and wrapped with video_predictor_for gets the official video build's settings."""
+    from samforge.models.sam2 import build_sam2
+    from samforge.predict.sam2_video_predictor import video_predictor_for
+
+    built = build_sam2_video_predictor("sam2.1_hiera_t", device="meta", hydra_overrides_extra=list(SMALL_OVERRIDES))
+    wrapped = video_predictor_for(build_sam2("sam2.1_hiera_t", device="meta", hydra_overrides_extra=list(SMALL_OVERRIDES)))
+    for p in (built, wrapped):
+        assert p.fill_hole_area == 8 and p.model.binarize_mask_from_pts_for_mem_enc
+    plain = video_predictor_for(build_sam2("sam2.1_hiera_t", device="meta"), video_postprocessing=False)
+    assert plain.fill_hole_area == 0 and not plain.model.binarize_mask_from_pts_for_mem_enc
+    with pytest.raises(TypeError, match="SAM2Base"):
+        video_predictor_for(object())

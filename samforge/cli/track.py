@@ -20,7 +20,7 @@ from PIL import Image
 from samforge.cli.common import add_model_args, load_model, parse_floats
 from samforge.data.volume_clip import is_volume_path, read_volume_clip, write_volume_mask
 from samforge.models.sam2 import SAM2Base
-from samforge.predict.sam2_video_predictor import SAM2VideoPredictor
+from samforge.predict.sam2_video_predictor import SAM2VideoPredictor, video_predictor_for
 from samforge.utils.atomic import atomic_write_bytes, save_png
 from samforge.viz.overlay import draw_overlay
 
@@ -103,13 +103,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     if not isinstance(model, SAM2Base):
         raise ValueError(f"tracking needs a SAM 2 model (--model sam2.1_hiera_t, ...), got {args.model_type}")
-    m = model.config.model
-    predictor = SAM2VideoPredictor(
-        model, fill_hole_area=8, non_overlap_masks=m.non_overlap_masks,
-        clear_non_cond_mem_around_input=m.clear_non_cond_mem_around_input,
-        add_all_frames_to_correct_as_cond=m.add_all_frames_to_correct_as_cond,
-    )
-    model.binarize_mask_from_pts_for_mem_enc = True  # as the official video build sets it
+    predictor = video_predictor_for(model)  # the official video build's post-processing
     # one pass each way from the prompts: releasing memory that left the window changes no result here
     state = predictor.init_state(source, release_old_memory=True)
     for p in prompts:

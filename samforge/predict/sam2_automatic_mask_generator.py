@@ -32,6 +32,7 @@ from samforge.models.sam2 import SAM2Base
 from samforge.predict.amg_base import AutomaticMaskGeneratorBase, bool_param, real_param
 from samforge.predict.amg_utils import MaskData, batch_iterator
 from samforge.predict.checks import describe
+from samforge.predict.fill_holes import small_components
 from samforge.predict.sam2_predictor import BUILD_KWARGS, SAM2ImagePredictor
 
 __all__ = ["SAM2AutomaticMaskGenerator", "fill_holes_and_sprinkles"]
@@ -50,8 +51,6 @@ def fill_holes_and_sprinkles(logits: torch.Tensor, mask_threshold: float, max_ho
     become ``mask_threshold - 10``. An area of 0 disables that step. What the official SAM 2 transforms do
     with their CUDA connected-components kernel, here with OpenCV.
     """
-    import cv2
-
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor of shape NxHxW, got {describe(logits)}")
     if logits.ndim != 3 or not logits.dtype.is_floating_point:
@@ -63,16 +62,9 @@ def fill_holes_and_sprinkles(logits: torch.Tensor, mask_threshold: float, max_ho
     if (max_hole_area <= 0 and max_sprinkle_area <= 0) or logits.numel() == 0:
         return out
     values = logits.detach().float().cpu().numpy()
-
-    def small_regions(binary: np.ndarray, max_area: float) -> np.ndarray:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        small = stats[:, cv2.CC_STAT_AREA] <= max_area
-        small[0] = False  # label 0: the pixels outside the regions examined
-        return small[labels]
-
     for i, v in enumerate(values):
-        hole = small_regions(v <= thr, max_hole_area) if max_hole_area > 0 else None
-        sprinkle = small_regions(v > thr, max_sprinkle_area) if max_sprinkle_area > 0 else None
+        hole = small_components(v <= thr, max_hole_area) if max_hole_area > 0 else None
+        sprinkle = small_components(v > thr, max_sprinkle_area) if max_sprinkle_area > 0 else None
         if hole is not None and hole.any():
             out[i][torch.from_numpy(hole).to(out.device)] = thr + HOLE_LOGIT
         if sprinkle is not None and sprinkle.any():

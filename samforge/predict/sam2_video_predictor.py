@@ -34,7 +34,7 @@ from samforge.predict.fill_holes import fill_holes_in_mask_scores
 from samforge.predict.video_frames import VideoFrames
 
 # what the official build_sam2_video_predictor adds with apply_postprocessing=True (beyond the image ones)
-VIDEO_POSTPROCESSING_OVERRIDES = (
+VIDEO_POSTPROCESSING_OVERRIDES = (  # video_predictor_for applies the same to a model already built
     "++model.binarize_mask_from_pts_for_mem_enc=true",
     "++model.fill_hole_area=8",
 )
@@ -694,10 +694,24 @@ def build_sam2_video_predictor(
         config_file, ckpt_path, device=device, mode=mode, hydra_overrides_extra=overrides,
         apply_postprocessing=apply_postprocessing,
     )
+    return video_predictor_for(model, video_postprocessing=False)  # the overrides above already set it
+
+
+def video_predictor_for(model: SAM2Base, video_postprocessing: bool = True) -> SAM2VideoPredictor:
+    """A ``SAM2VideoPredictor`` for a model that is already built (e.g. by ``build_sam2`` for images), with its
+    configuration's video settings; ``video_postprocessing`` applies the official video build's post-processing
+    (binarized clicked masks in memory, holes up to 8 pixels filled) on top, as ``build_sam2_video_predictor``
+    does. The model is changed in place (``binarize_mask_from_pts_for_mem_enc``)."""
+    if not isinstance(model, SAM2Base):
+        raise TypeError(f"model must be a SAM2Base (from build_sam2), got {type(model).__name__}")
     m = model.config.model
+    fill_hole_area = m.fill_hole_area
+    if video_postprocessing:
+        model.binarize_mask_from_pts_for_mem_enc = True
+        fill_hole_area = 8
     return SAM2VideoPredictor(
         model,
-        fill_hole_area=m.fill_hole_area,
+        fill_hole_area=fill_hole_area,
         non_overlap_masks=m.non_overlap_masks,
         clear_non_cond_mem_around_input=m.clear_non_cond_mem_around_input,
         add_all_frames_to_correct_as_cond=m.add_all_frames_to_correct_as_cond,

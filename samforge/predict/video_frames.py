@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMG_MEAN = (0.485, 0.456, 0.406)
-IMG_STD = (0.229, 0.224, 0.225)
+from samforge.predict.sam2_transforms import IMAGENET_MEAN, IMAGENET_STD
+
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
 # threads decoding and resizing frames ahead (PIL releases the GIL): one per two cores, at most 4
@@ -49,8 +49,8 @@ def _normalization_lut() -> np.ndarray:
     """``3 x 256`` float32: the normalised value of each uint8 level per channel, computed exactly as the
     official loader does it per pixel (``float32(v / 255.0)`` in float64 first, then ``(x - mean) / std``)."""
     levels = torch.from_numpy(np.arange(256) / 255.0).float()
-    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None]
-    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None]
     return ((levels[None, :] - mean) / std).numpy()
 
 

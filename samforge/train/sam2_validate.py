@@ -12,12 +12,11 @@ import torch
 
 from samforge.data.prompts import interior_point
 from samforge.models.sam2 import SAM2Base
+from samforge.predict.sam2_transforms import IMAGENET_MEAN, IMAGENET_STD
 from samforge.train.sam2_step import Sam2TrainingForward, sample_box_points
 from samforge.utils.atomic import save_png
 from samforge.viz.overlay import draw_overlay
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 @torch.no_grad()
@@ -101,7 +100,8 @@ def validate_sam2(forward: Sam2TrainingForward, batches: list[dict], autocast: A
 
 def frame_to_rgb(frame: torch.Tensor) -> np.ndarray:
     """A normalised ``3 x S x S`` SAM 2 input frame back to ``S x S x 3`` uint8."""
-    x = frame.detach().float().cpu() * IMAGENET_STD + IMAGENET_MEAN
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = frame.detach().float().cpu() * std + mean
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -345,7 +346,7 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:
     """The registry config ``model.type`` names (or the one a samforge checkpoint records, for
     ``model.type=checkpoint``), with ``model.arch`` fields replaced."""
     if cfg.model.type == "checkpoint":
-        _, extras = read_checkpoint(cfg.model.checkpoint)
+        extras = checkpoint_record(cfg.model.checkpoint)
         if not isinstance(extras.get("sam_config"), dict):
             raise ValueError(f"model.type=checkpoint: {cfg.model.checkpoint} does not record its model (not a samforge "
                              "checkpoint); name the model type instead, e.g. model.type=vit_b")
@@ -361,12 +362,25 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[str, SamConfig]:
     return model_name, sam_config
 
 
+def checkpoint_record(path: str | Path) -> dict:
+    """What a checkpoint records about its model (``sam_config``, ``model_type``), read once per file version:
+    resolving a ``model.type=checkpoint`` run asks several times, and the file may be large."""
+    st = Path(path).stat() if Path(path).is_file() else None
+    return _read_record(str(path), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_record(path: str, mtime_ns: int, size: int) -> dict:
+    extras = read_checkpoint(path)[1]
+    return {k: extras[k] for k in ("sam_config", "model_type") if k in extras}
+
+
 def model_family(cfg: TrainConfig) -> str:
     """``"sam2"`` for a SAM 2 config name (or a samforge checkpoint of one), else ``"sam"``."""
     if cfg.model.type in SAM2_CONFIGS:
         return "sam2"
     if cfg.model.type == "checkpoint":
-        record = read_checkpoint(cfg.model.checkpoint)[1].get("sam_config")
+        record = checkpoint_record(cfg.model.checkpoint).get("sam_config")
         if isinstance(record, dict) and record.get("family") == "sam2":
             return "sam2"
     return "sam"
@@ -379,7 +393,7 @@ def resolve_sam2_model(cfg: TrainConfig) -> tuple[str, list[str]]:
         raise ValueError("model.arch applies to SAM (v1) models; give SAM 2 changes as model.overrides, e.g. "
                          "['++model.image_size=512']")
     if cfg.model.type == "checkpoint":
-        record = read_checkpoint(cfg.model.checkpoint)[1]["sam_config"]
+        record = checkpoint_record(cfg.model.checkpoint)["sam_config"]
         return str(record["config_name"]), [*record.get("overrides", []), *cfg.model.overrides]
     return cfg.model.type, list(cfg.model.overrides)
 

@@ -21,6 +21,7 @@ import torch
 
 from samforge.data.clip_dataset import open_clip_dataset
 from samforge.evaluate.volume_metrics import evaluate_volumes
+from samforge.models import load_model
 from samforge.models.sam2 import build_sam2
 from samforge.predict.sam2_video_predictor import video_predictor_for
 from samforge.train.clip_batches import TrainingClips, collate_clips
@@ -44,9 +45,8 @@ def run_training(out: Path, overrides: list[str]) -> dict:
             "checkpoint": str(out / "checkpoints" / "last.pt")}
 
 
-def dice_of(checkpoint: str | None, size: int, data, device: str, volumes: int) -> dict:
-    model = build_sam2("sam2.1_hiera_t", checkpoint, device=device, hydra_overrides_extra=[f"++model.image_size={size}"])
-    predictor = video_predictor_for(model)
+def dice_of(checkpoint: str, data, device: str, volumes: int) -> dict:
+    predictor = video_predictor_for(load_model(checkpoint, device=device))  # the checkpoint records its overrides
     result = evaluate_volumes(predictor, data, prompt="box", max_volumes=volumes)
     m = result.to_metrics_dict()
     return {"dice_3d": round(m["dice_3d"], 4), "iou_3d": round(m["iou_3d"], 4), "objects": m["num_objects"]}
@@ -95,7 +95,13 @@ def main() -> None:
     ap.add_argument("--eval-volumes", type=int, default=6)
     ap.add_argument("--base-lr", type=float, default=1e-4)
     ap.add_argument("--ft-lr", type=float, default=5e-5)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=4 if torch.cuda.is_available() else 1)
+    ap.add_argument("--base-frames", type=int, default=4)
+    ap.add_argument("--ft-frames", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=0, help="clips per step (default: 4 base / 2 fine-tune)")
+    ap.add_argument("--gate-masks", choices=["base", "finetune", "both", "none"], default="finetune",
+                    help="where the official object-score gating of masks stays on in training (loss."
+                    "gate_masks_by_object_score); a model trained from scratch needs it off")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--timing-size", type=int, default=1024, help="input size of the bf16/fp32 step timing")
     args = ap.parse_args()
@@ -106,21 +112,26 @@ def main() -> None:
               "checkpoint_every=100", "val_images=4", "eval_at_end=false", "optim.warmup_steps=50"]
     report: dict = {"image_size": size, "device": args.device}
     base_ckpt = args.base_checkpoint
+    d = min(size, 256)  # the synthetic data's size (resized to the model's input)
+    gate = {"base": args.gate_masks in ("base", "both"), "finetune": args.gate_masks in ("finetune", "both")}
+    report["gate_masks_by_object_score"] = gate
     if base_ckpt is None:
         report["base"] = run_training(out / "base", [
-            *common, "data.train=synthetic-video:200:256:8:0", "data.val=synthetic-video:4:256:8:1000",
-            "data.num_frames=4", "batch_size=4", f"optim.lr={args.base_lr}", f"max_minutes={args.base_minutes}",
+            *common, f"data.train=synthetic-video:200:{d}:8:0", f"data.val=synthetic-video:4:{d}:8:1000",
+            f"data.num_frames={args.base_frames}", f"batch_size={args.batch_size or 4}", f"optim.lr={args.base_lr}",
+            f"max_minutes={args.base_minutes}", f"loss.gate_masks_by_object_score={gate['base']}",
         ])
         base_ckpt = report["base"]["checkpoint"]
     report["finetune"] = run_training(out / f"ft_{args.ft_mode}", [
         *common, "model.type=checkpoint", f"model.checkpoint={base_ckpt}",
-        "data.train=synthetic-medical-volume:40:256:16:0", "data.val=synthetic-medical-volume:4:256:16:1000",
-        "data.num_frames=8", "batch_size=2", f"optim.lr={args.ft_lr}", f"finetune.mode={args.ft_mode}",
-        f"max_minutes={args.ft_minutes}",
+        f"data.train=synthetic-medical-volume:40:{d}:16:0", f"data.val=synthetic-medical-volume:4:{d}:16:1000",
+        f"data.num_frames={args.ft_frames}", f"batch_size={args.batch_size or 2}", f"optim.lr={args.ft_lr}",
+        f"finetune.mode={args.ft_mode}", f"max_minutes={args.ft_minutes}",
+        f"loss.gate_masks_by_object_score={gate['finetune']}",
     ])
-    held_out = open_clip_dataset("synthetic-medical-volume:8:256:16:5000")
-    report["dice_3d_before"] = dice_of(base_ckpt, size, held_out, args.device, args.eval_volumes)
-    report["dice_3d_after"] = dice_of(report["finetune"]["checkpoint"], size, held_out, args.device, args.eval_volumes)
+    held_out = open_clip_dataset(f"synthetic-medical-volume:8:{d}:16:5000")
+    report["dice_3d_before"] = dice_of(base_ckpt, held_out, args.device, args.eval_volumes)
+    report["dice_3d_after"] = dice_of(report["finetune"]["checkpoint"], held_out, args.device, args.eval_volumes)
     if not args.skip_timing:
         report["step_timing"] = [step_timing(args.device, args.timing_size, 8, p) for p in ("fp32", "bf16")]
     print(json.dumps(report, indent=1))

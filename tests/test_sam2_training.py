@@ -110,6 +110,42 @@ def test_mask_prompts_and_memory_path(model):
     assert model.memory_encoder.out_proj.weight.grad is not None
 
 
+def test_gating_off_lets_the_mask_loss_reach_objects_called_absent():
+    """An object-score head that calls every object absent (as a fresh model does for many): with the official
+    gating the masks are NO_OBJ_SCORE and the mask-only loss gives the decoder's mask path no gradient; with
+    ``gate_masks_in_training = False`` it does, and evaluation still gates."""
+    torch.manual_seed(0)
+    m = build_sam2("sam2.1_hiera_t", device="cpu", mode="train", hydra_overrides_extra=list(SMALL_OVERRIDES))
+    with torch.no_grad():
+        m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-50.0)  # "absent", whatever the features
+    forward = Sam2TrainingForward(m, MultiStepMultiMaskLoss(class_weight=0.0),
+                                  Sam2PromptConfig(prob_point=1.0, num_correction_points=1))
+    clip = disk_clip(1)
+    grads = {}
+    for gate in (True, False):
+        m.gate_masks_in_training = gate
+        m.zero_grad()
+        out = forward(clip, np.random.default_rng(0))
+        assert out["focal"] > 0
+        if out["loss"].requires_grad:
+            out["loss"].backward()
+        grads[gate] = sum(float(p.grad.abs().sum()) for p in m.sam_mask_decoder.output_hypernetworks_mlps.parameters()
+                          if p.grad is not None)
+    assert grads[True] == 0.0 and grads[False] > 0.0
+    m.eval()  # inference is gated whatever the training switch says
+    with torch.no_grad():
+        batch = disk_clip(1)
+        feats = m.forward_image(batch["frames"][0])
+        _, vision, _, sizes = m._prepare_backbone_features(feats)
+        h, w = sizes[-1]
+        pix = vision[-1].permute(1, 2, 0).view(1, -1, h, w)
+        high = [x.permute(1, 2, 0).view(1, x.size(2), *sz) for x, sz in zip(vision[:-1], sizes[:-1])]
+        low = m._forward_sam_heads(pix, {"point_coords": torch.tensor([[[120.0, 100.0]]]),
+                                         "point_labels": torch.tensor([[1]], dtype=torch.int32)},
+                                   high_res_features=high)[0]
+    assert torch.all(low == -1024.0)
+
+
 def test_a_few_steps_fit_one_clip(model):
     """The loss goes down when a clip is trained on repeatedly (the forward is trainable end to end)."""
     torch.manual_seed(0)

@@ -168,21 +168,18 @@ def test_protocol_with_a_perfect_tracker():
 
 
 @pytest.fixture()
-def tiny_sam2(tmp_path, monkeypatch):
-    """A checkpoint of a shrunk SAM 2.1 tiny; the CLI's builder is given the same shrinking overrides."""
+def tiny_sam2(tmp_path):
+    """A samforge checkpoint of a shrunk SAM 2.1 tiny: like the trainer's, it records its config and overrides,
+    so the CLI rebuilds the shrunk model from the file alone."""
     from sam2_oracle import SMALL_OVERRIDES
 
-    import samforge.predict.sam2_video_predictor as svp
+    from samforge.models.sam2 import build_sam2
 
-    real = svp.build_sam2_video_predictor
-
-    def small(config_file, ckpt_path=None, **kw):
-        return real(config_file, ckpt_path, hydra_overrides_extra=list(SMALL_OVERRIDES), **kw)
-
-    monkeypatch.setattr(svp, "build_sam2_video_predictor", small)
     torch.manual_seed(5)
+    model = build_sam2("sam2.1_hiera_t", device="cpu", hydra_overrides_extra=list(SMALL_OVERRIDES))
     checkpoint = tmp_path / "tiny.pt"
-    torch.save({"model": small("sam2.1_hiera_t", device="cpu").model.state_dict()}, checkpoint)
+    record = {"family": "sam2", "config_name": "sam2.1_hiera_t", "overrides": list(SMALL_OVERRIDES)}
+    torch.save({"model": model.state_dict(), "sam_config": record}, checkpoint)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield checkpoint
@@ -227,7 +224,7 @@ def test_evaluate_video_cli_errors(tmp_path, capsys):
     assert code == 2 and "--video needs a SAM 2 model" in err
     code, _, err = run_cli(capsys, "evaluate", "--video", "synthetic-video:1", "--data", "synthetic:1",
                            "--model", "sam2.1_hiera_t", "--out", tmp_path / "o")
-    assert code == 2 and "give one of --data (images) or --video (clips)" in err
+    assert code == 2 and "give exactly one of --data (images), --video (clips) or --volumes (3D)" in err
     code, _, err = run_cli(capsys, "evaluate", "--video", tmp_path / "nope", "--model", "sam2.1_hiera_t",
                            "--out", tmp_path / "o")
     assert code == 2 and "video dataset not found" in err

@@ -6,8 +6,9 @@ import argparse
 
 import torch
 
-from samforge.models.build import build_sam, load_sam
+from samforge.models.build import build_sam
 from samforge.models.configs import SAM_CONFIGS
+from samforge.models.load import load_model as load_checkpoint
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base, build_sam2
 
@@ -33,7 +34,7 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
 
 def load_model(args: argparse.Namespace) -> Sam | SAM2Base:
     """Build the model named by the flags; without a checkpoint, say plainly that weights are random.
-    SAM checkpoints go through ``load_sam``: samforge training checkpoints need no ``--model-type``."""
+    Checkpoints go through ``models.load_model``: samforge training checkpoints need no ``--model-type``."""
     if args.checkpoint is None and args.model_type is None:
         raise ValueError("give --model-type (random weights), or --checkpoint (and --model-type for official files)")
     if args.checkpoint is None:
@@ -46,11 +47,11 @@ def load_model(args: argparse.Namespace) -> Sam | SAM2Base:
         device = torch.device(args.device)
     except RuntimeError as e:
         raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint, args.model_type, device=device)
     if args.model_type in SAM2_CONFIGS:
-        return build_sam2(args.model_type, args.checkpoint, device=device)
-    if args.checkpoint is None:
-        return build_sam(args.model_type, device=device)
-    return load_sam(args.checkpoint, args.model_type, device=device)
+        return build_sam2(args.model_type, device=device)
+    return build_sam(args.model_type, device=device)
 
 
 def parse_floats(text: str, count: tuple[int, ...], name: str) -> list[float]:

@@ -1,8 +1,14 @@
-"""``samforge evaluate``: a checkpoint on a dataset, under every prompt protocol of SAM's evaluation.
+"""``samforge evaluate``: a checkpoint on a dataset.
 
-Writes ``metrics.json`` (stable keys), ``per_image.csv`` and ``best_worst.png`` to ``--out``. With a baseline
-(``--baseline``, or the base model itself when ``--adapter`` is given) it also evaluates the baseline into
-``--out/baseline/`` and writes ``comparison.json`` and ``before_after.png`` side by side.
+* ``--data`` (images; SAM or SAM 2): every prompt protocol of SAM's evaluation -> ``metrics.json`` (stable keys),
+  ``per_image.csv``, ``best_worst.png``.
+* ``--video`` (SAM 2): tracking from each object's first frame -> ``video_metrics.json`` (J, F, J&F),
+  ``per_object.csv``, ``overlay.png``.
+* ``--volumes`` (SAM 2): each object prompted on its largest slice and propagated both ways -> 3D Dice/IoU in
+  ``volume_metrics.json``, ``per_object.csv``, ``overlay.png``.
+
+With a baseline (``--baseline``, or the base model itself when ``--adapter`` is given) the baseline is evaluated
+the same way into ``--out/baseline/``, and ``comparison.json`` and ``before_after.png`` show the two side by side.
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ from pathlib import Path
 from samforge.cli.common import add_model_args, load_model
 from samforge.data.readers import open_dataset, summarize_bad_samples
 from samforge.evaluate import evaluate_dataset, format_table
-from samforge.evaluate.compare import before_after_png, compare_metrics, format_comparison, write_comparison
-from samforge.models.build import load_sam
+from samforge.evaluate.compare import (before_after_png, compare_metrics, compare_scalars, format_comparison,
+                                       format_scalar_comparison, write_comparison)
+from samforge.evaluate.video_metrics import video_overlay_png
+from samforge.evaluate.volume_metrics import VOLUME_PROMPTS
 from samforge.models.configs import SAM_CONFIGS
-from samforge.models.sam2 import SAM2_CONFIGS
+from samforge.models.load import load_model as load_checkpoint
+from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
+from samforge.predict.sam2_video_predictor import video_predictor_for
 from samforge.train.adapter_file import load_adapter
 
 MAX_BAD_SHOWN = 10
@@ -38,8 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate video tracking (SAM 2) instead: a DAVIS-layout folder (JPEGImages/, Annotations/) "
                    "or synthetic-video[:N[:SIZE[:FRAMES[:SEED]]]]; writes video_metrics.json (J, F, J&F), "
                    "per_object.csv and overlay.png")
+    p.add_argument("--volumes", default=None, metavar="DATA",
+                   help="evaluate 3D segmentation of volumes (SAM 2) instead: MedSAM .npz volume(s), a NIfTI folder "
+                   "(images/ + labels/), or synthetic-medical-volume[:N[:SIZE[:DEPTH[:SEED]]]]; each object is "
+                   "prompted on its largest slice and propagated both ways; writes volume_metrics.json (3D Dice, "
+                   "IoU), per_object.csv and overlay.png")
+    p.add_argument("--axis", type=int, default=None,
+                   help="with --volumes: the slicing axis (default 0 for .npz, 2 for NIfTI)")
     p.add_argument("--prompt", default="box", choices=["box", "point", "mask"],
-                   help="with --video: each object's prompt on its first visible frame (default: box)")
+                   help="with --video: each object's prompt on its first visible frame; with --volumes (box or "
+                   "point): on its largest slice (default: box)")
     p.add_argument("--images", default=None, help="folder of the COCO images (default: beside the JSON)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-images", type=int, default=None,
@@ -50,91 +69,133 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None,
                    help="a second checkpoint evaluated on the same data and shown side by side (e.g. the base "
                    "model before fine-tuning)")
-    p.add_argument("--baseline-model-type", default=None, choices=["default", *SAM_CONFIGS],
+    p.add_argument("--baseline-model-type", default=None, choices=["default", *SAM_CONFIGS, *SAM2_CONFIGS],
                    help="model type of --baseline (not needed for samforge checkpoints)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.data is None) == (args.video is None):
-        raise ValueError("give one of --data (images) or --video (clips)")
-    if args.video is not None:
-        return run_video(args)
+    modes = [m for m in ("data", "video", "volumes") if getattr(args, m) is not None]
+    if len(modes) != 1:
+        raise ValueError(f"give exactly one of --data (images), --video (clips) or --volumes (3D), got "
+                         f"{['--' + m for m in modes] or 'none'}")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.model_type in SAM2_CONFIGS and (args.adapter is not None or args.baseline is not None):
-        raise ValueError(f"--adapter and --baseline take SAM (v1) models for now, got {args.model_type!r}")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint file not found: {args.checkpoint}")
-    dataset = open_dataset(args.data, images=args.images)  # before the (slow) model load: bad data fails fast
-    if dataset.bad_samples or getattr(dataset, "dropped_objects", 0):
+    for flag, path in (("--checkpoint", args.checkpoint), ("--baseline", args.baseline), ("--adapter", args.adapter)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} file not found: {path}")
+    if args.adapter is not None and args.checkpoint is None:
+        raise ValueError("--adapter needs --checkpoint: the base model the adapter was trained on")
+    if args.images is not None and args.data is None:
+        raise ValueError("--images (the images of a COCO json) applies to --data only")
+    if args.axis is not None and args.volumes is None:
+        raise ValueError("--axis applies to --volumes only")
+    if args.data is not None and args.prompt != "box":
+        raise ValueError("--prompt applies to --video and --volumes; --data evaluates every prompt protocol")
+    if args.volumes is not None and args.prompt not in VOLUME_PROMPTS:
+        raise ValueError(f"--volumes takes --prompt {' or '.join(VOLUME_PROMPTS)}, got {args.prompt!r}")
+
+    dataset = _open_data(args)  # before the (slow) model load: bad data fails fast
+    model, baseline = _models(args)
+    if args.data is None and not isinstance(model, SAM2Base):
+        raise ValueError(f"--{modes[0]} needs a SAM 2 model (--model sam2.1_hiera_t, or a SAM 2 checkpoint), got a "
+                         "SAM (v1) model")
+    if baseline is not None and type(baseline) is not type(model) and args.data is None:
+        raise ValueError("--baseline must be a SAM 2 model too for --video/--volumes")
+    out = Path(args.out)
+    evaluate, write_pair = {"data": (_eval_images, _compare_images), "video": (_eval_video, _compare_scalars),
+                            "volumes": (_eval_volumes, _compare_scalars)}[modes[0]]
+    result = evaluate(model, dataset, args)
+    result.write(out)
+    if baseline is not None:
+        base_result = evaluate(baseline, dataset, args)
+        base_result.write(out / "baseline")
+        write_pair(out, baseline, model, base_result, result, dataset, args)
+    print(f"wrote {out.resolve()}")
+    return 0
+
+
+def _open_data(args: argparse.Namespace):
+    if args.data is not None:
+        dataset = open_dataset(args.data, images=args.images)
+        if dataset.bad_samples or getattr(dataset, "dropped_objects", 0):
+            print(summarize_bad_samples(dataset))
+        return dataset
+    if args.video is not None:
+        from samforge.data.davis_dataset import open_video_dataset
+
+        return open_video_dataset(args.video)
+    from samforge.data.clip_dataset import open_clip_dataset
+
+    dataset = open_clip_dataset(args.volumes, axis=args.axis)
+    if dataset.bad_samples:
         print(summarize_bad_samples(dataset))
+    return dataset
+
+
+def _models(args: argparse.Namespace) -> tuple[Sam | SAM2Base, Sam | SAM2Base | None]:
+    """(the model, its baseline or None): ``--baseline``, else the plain base model when ``--adapter`` is given."""
     model = load_model(args)
     baseline = None
     if args.baseline is not None:
-        if not Path(args.baseline).is_file():
-            raise FileNotFoundError(f"--baseline file not found: {args.baseline}")
-        baseline = load_sam(args.baseline, args.baseline_model_type)
+        baseline = load_checkpoint(args.baseline, args.baseline_model_type, device=args.device)
     if args.adapter is not None:
-        if args.checkpoint is None:
-            raise ValueError("--adapter needs --checkpoint: the base model the adapter was trained on")
         if baseline is None:
             baseline = copy.deepcopy(model)
         load_adapter(model, args.adapter)
+    return model, baseline
+
+
+def _eval_images(model, dataset, args):
     result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images)
     for line in result.skipped[:MAX_BAD_SHOWN]:
         print(f"skipped {line}")
     if len(result.skipped) > MAX_BAD_SHOWN:
         print(f"... and {len(result.skipped) - MAX_BAD_SHOWN} more skipped objects")
-    out = Path(args.out)
-    result.write(out)
     print(format_table(result.to_metrics_dict()))
-    if baseline is not None:
-        base_result = evaluate_dataset(baseline, dataset, seed=args.seed, max_images=args.max_images)
-        base_result.write(out / "baseline")
-        comparison = compare_metrics(base_result.to_metrics_dict(), result.to_metrics_dict())
-        count = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
-        picture = before_after_png(baseline, model, [dataset[i] for i in range(min(count, 6))],
-                                   names=("baseline", "model"))
-        write_comparison(out, comparison, picture)
-        print(format_comparison(comparison))
-    print(f"wrote {out.resolve()}")
-    return 0
+    return result
 
 
-def run_video(args: argparse.Namespace) -> int:
-    """``--video``: track each object from its first visible frame with SAM2VideoPredictor, score J / F / J&F."""
-    import torch
-
-    from samforge.data.davis_dataset import open_video_dataset
+def _eval_video(model, dataset, args):
     from samforge.evaluate.video_metrics import evaluate_video, format_video_table
-    from samforge.predict.sam2_video_predictor import build_sam2_video_predictor
 
-    if args.model_type not in SAM2_CONFIGS:
-        raise ValueError(f"--video needs a SAM 2 model (--model sam2.1_hiera_t, ...), got {args.model_type!r}")
-    if args.adapter is not None or args.baseline is not None or args.images is not None:
-        raise ValueError("--adapter, --baseline and --images do not apply to --video")
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint file not found: {args.checkpoint}")
-    dataset = open_video_dataset(args.video)  # before the (slow) model load: bad data fails fast
-    if args.checkpoint is None:
-        print(f"WARNING: no --checkpoint given: {args.model_type} has RANDOM weights (seed {args.seed}); "
-              "its masks show the pipeline working, not a trained model.")
-        torch.manual_seed(args.seed)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from e
-    predictor = build_sam2_video_predictor(args.model_type, args.checkpoint, device=device)
-    result = evaluate_video(predictor, dataset, prompt=args.prompt, max_clips=args.max_images)
+    result = evaluate_video(video_predictor_for(model), dataset, prompt=args.prompt, max_clips=args.max_images)
     for line in result.skipped[:MAX_BAD_SHOWN]:
         print(f"skipped {line}")
-    out = Path(args.out)
-    result.write(out)
     print(format_video_table(result.to_metrics_dict()))
-    print(f"wrote {out.resolve()}")
-    return 0
+    return result
+
+
+def _eval_volumes(model, dataset, args):
+    from samforge.evaluate.volume_metrics import evaluate_volumes
+
+    result = evaluate_volumes(video_predictor_for(model), dataset, prompt=args.prompt, max_volumes=args.max_images)
+    m = result.to_metrics_dict()
+    print(f"3D Dice {m['dice_3d']:.4f}  3D IoU {m['iou_3d']:.4f}  ({m['num_objects']} objects in "
+          f"{m['num_volumes']} volumes, {m['prompt']} prompt on the largest slice)")
+    return result
+
+
+def _compare_images(out, baseline, model, base_result, result, dataset, args) -> None:
+    comparison = compare_metrics(base_result.to_metrics_dict(), result.to_metrics_dict())
+    count = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
+    picture = before_after_png(baseline, model, [dataset[i] for i in range(min(count, 6))],
+                               names=("baseline", "model"))
+    write_comparison(out, comparison, picture)
+    print(format_comparison(comparison))
+
+
+def _compare_scalars(out, baseline, model, base_result, result, dataset, args) -> None:
+    """Video (J, F, J&F) or volumes (3D Dice, IoU): the deltas, and the two overlays one above the other."""
+    before, after = base_result.to_metrics_dict(), result.to_metrics_dict()
+    keys = [k for k in ("J", "F", "J&F", "dice_3d", "iou_3d") if k in after]
+    comparison = compare_scalars(before, after, keys)
+    rows = [(f"{label} {name}", tiles) for (label, tiles), (_, base_tiles) in
+            zip(result.overlay_rows, base_result.overlay_rows) for name, tiles in (("baseline", base_tiles),
+                                                                                  ("model", tiles))]
+    picture = video_overlay_png(rows, args.prompt, title="baseline and model on the same objects: prediction "
+                                "filled, ground truth outlined in yellow", frame_word="slice" if args.volumes else "frame")
+    write_comparison(out, comparison, picture)
+    print(format_scalar_comparison(comparison))

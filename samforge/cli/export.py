@@ -7,11 +7,8 @@ import argparse
 from pathlib import Path
 
 from samforge.models.configs import SAM_CONFIGS
-from samforge.models.sam import Sam
+from samforge.models.load import load_model
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
-
-SAM2_TRUNK_KEY = "image_encoder.trunk.patch_embed.proj.weight"  # in every SAM 2 state dict
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model for deployment (ONNX)")
@@ -87,7 +84,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     from samforge.models.lora import merge_lora
     from samforge.train.adapter_file import load_adapter
 
-    model = _load_model(checkpoint, args.model_type)
+    model = load_model(checkpoint, args.model_type)
     note = ""
     if args.adapter is not None:
         config = load_adapter(model, args.adapter)  # raises when the adapter was trained on another base
@@ -110,38 +107,3 @@ def run_onnx(args: argparse.Namespace) -> int:
     for key, path in files.items():
         print(f"  {key}: {path.resolve()}")
     return 0
-
-
-def _load_model(checkpoint: Path, model_type: str | None) -> Sam | SAM2Base:
-    """The SAM or SAM 2 model of ``checkpoint`` on CPU. Without ``model_type`` the file is read as SAM (v1) first
-    (a samforge checkpoint records its configuration, an official one is recognised by its shapes), then as SAM 2."""
-    from samforge.models.build import load_sam
-    from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
-    from samforge.models.sam2 import build_sam2, guess_sam2_config
-
-    def as_sam2(state_dict: dict, name: str) -> SAM2Base:
-        guess = guess_sam2_config(state_dict)
-        hint = f"The file looks like a {guess!r} checkpoint." if guess not in (None, name) else ""
-        model = build_sam2(name, None, device="cpu")
-        load_state_dict_strict(model, state_dict, source=f"checkpoint {checkpoint} (SAM 2 config {name!r})", hint=hint)
-        return model
-
-    if model_type in SAM2_CONFIGS:
-        state_dict = read_state_dict(checkpoint)
-        if SAM2_TRUNK_KEY not in state_dict:
-            raise ValueError(f"--checkpoint {checkpoint} is not a SAM 2 checkpoint (it has no {SAM2_TRUNK_KEY}), but "
-                             f"--model-type {model_type} is a SAM 2 model; pass the SAM (v1) model type instead")
-        return as_sam2(state_dict, model_type)
-    if model_type is not None:
-        return load_sam(checkpoint, model_type)
-    try:
-        return load_sam(checkpoint, None)
-    except ValueError:
-        state_dict = read_state_dict(checkpoint)
-        if SAM2_TRUNK_KEY not in state_dict:
-            raise
-        name = guess_sam2_config(state_dict)
-        if name is None:
-            raise ValueError(f"{checkpoint} is a SAM 2 checkpoint of no known size: pass --model-type, one of "
-                             f"{list(SAM2_CONFIGS)}") from None
-        return as_sam2(state_dict, name)

@@ -201,6 +201,7 @@ class _ClipDatasetBase:
 
     bad_samples: list
     _names: list
+    is_volume = False  # clips are slices of 3D volumes (scored by 3D Dice), not video frames
 
     @property
     def names(self) -> list:
@@ -278,6 +279,8 @@ class SyntheticVolumeClipDataset(_ClipDatasetBase):
     :func:`~samforge.data.synthetic_medical_volume.make_medical_volume`, generated when asked for, as clips of
     their slices named ``synthetic-medical-volume:<seed>``."""
 
+    is_volume = True
+
     def __init__(self, num_volumes: int, image_size: Sequence[int] = (128, 128), depth: int = 16, seed: int = 0,
                  num_organs: int | tuple[int, int] = 3) -> None:
         if not _is_int(num_volumes) or num_volumes < 1:
@@ -310,6 +313,8 @@ class NpzClipDataset(_ClipDatasetBase):
     file's min/max (as :class:`~samforge.data.npz_dataset.NpzDataset`). A 2D file (``imgs`` H x W (x 3)) is a
     one-frame clip. Files that are unreadable, lack ``imgs``/``gts``, whose shapes differ, or hold no object
     go to ``bad_samples``, named."""
+
+    is_volume = True
 
     def __init__(self, path: str | os.PathLike, axis: int = 0) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -348,6 +353,8 @@ class NiftiClipDataset(_ClipDatasetBase):
     and label shapes differ, no label file, no object: named in ``bad_samples``) and the intensity mapping
     (CT ``window=(level, width)`` or MR ``percentiles``) are :class:`~samforge.data.nifti_dataset.NiftiDataset`'s.
     ``labels=[...]`` keeps only those label values."""
+
+    is_volume = True
 
     def __init__(self, source: Any, axis: int = 2, window: tuple[float, float] | None = None,
                  percentiles: tuple[float, float] | None = None, labels: Sequence[int] | None = None) -> None:

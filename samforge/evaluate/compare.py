@@ -13,11 +13,11 @@ import numpy as np
 
 from samforge.data.prompts import mask_to_box
 from samforge.data.sample import Sample
-from samforge.evaluate.evaluator import METRIC_PROTOCOLS
+from samforge.evaluate.evaluator import METRIC_PROTOCOLS, image_predictor_for
 from samforge.evaluate.metrics import iou_dice
 from samforge.evaluate.report import outlined_prediction
 from samforge.models.sam import Sam
-from samforge.predict.predictor import SamPredictor
+from samforge.models.sam2 import SAM2Base
 from samforge.utils.atomic import atomic_write_bytes
 
 COMPARISON_JSON = "comparison.json"
@@ -39,6 +39,20 @@ def compare_metrics(baseline: dict[str, Any], model: dict[str, Any]) -> dict[str
     return out
 
 
+def compare_scalars(baseline: dict[str, Any], model: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``{key: {"baseline", "model", "delta"}}`` for summary figures such as J&F or 3D Dice."""
+    missing = [k for k in keys if k not in baseline or k not in model]
+    if missing:
+        raise ValueError(f"both metric dicts must hold {list(keys)}; missing {missing}")
+    return {k: _delta(float(baseline[k]), float(model[k])) for k in keys}
+
+
+def format_scalar_comparison(comparison: dict[str, Any], names: tuple[str, str] = ("baseline", "model")) -> str:
+    lines = [f"{'metric':<10}{names[0]:>12}{names[1]:>12}{'delta':>9}"]
+    lines += [f"{k:<10}{v['baseline']:>12.4f}{v['model']:>12.4f}{v['delta']:>+9.4f}" for k, v in comparison.items()]
+    return "\n".join(lines)
+
+
 def _delta(before: float, after: float) -> dict[str, float]:
     return {"baseline": before, "model": after, "delta": after - before}
 
@@ -53,21 +67,21 @@ def format_comparison(comparison: dict[str, Any], names: tuple[str, str] = ("bas
     return "\n".join(lines)
 
 
-def box_masks(model: Sam, samples: Sequence[Sample]) -> list[list[np.ndarray]]:
+def box_masks(model: Sam | SAM2Base, samples: Sequence[Sample]) -> list[list[np.ndarray]]:
     """Each object's mask from a single-mask box prompt (the object's tight box), per sample."""
-    predictor = SamPredictor(model)
+    predictor = image_predictor_for(model)
     out = []
     for sample in samples:
         predictor.set_image(sample.image)
         masks = []
         for gt in sample.masks:
             mask, _, _ = predictor.predict(box=mask_to_box(gt), multimask_output=False)
-            masks.append(mask[0])
+            masks.append(np.asarray(mask[0]).astype(bool))  # SAM 2's predictor gives 0/1 floats
         out.append(masks)
     return out
 
 
-def before_after_png(baseline: Sam, model: Sam, samples: Sequence[Sample], names: tuple[str, str] = ("baseline", "model"),
+def before_after_png(baseline: Sam | SAM2Base, model: Sam | SAM2Base, samples: Sequence[Sample], names: tuple[str, str] = ("baseline", "model"),
                      max_objects: int = 6) -> bytes:
     """A grid (matplotlib): one column per object (the first ``max_objects``, one per image where possible),
     rows ``names[0]`` and ``names[1]``, each the box-prompt mask filled with the ground truth outlined."""

@@ -162,7 +162,7 @@ def _miou_at_clicks(objects: Sequence[ObjectResult]) -> dict[str, float]:
     return miou_at_clicks([ClickTrace(ious=o.click_ious) for o in objects], CLICKS_REPORTED)
 
 
-def _as_predictor(model: Sam | SAM2Base | PredictorLike) -> PredictorLike:
+def image_predictor_for(model: Sam | SAM2Base | PredictorLike) -> PredictorLike:
     if isinstance(model, Sam):
         return SamPredictor(model)
     if isinstance(model, SAM2Base):
@@ -229,7 +229,7 @@ def evaluate_dataset(
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     if n == 0:
         raise ValueError("dataset is empty: nothing to evaluate")
-    predictor = _as_predictor(model)
+    predictor = image_predictor_for(model)
     was_training = isinstance(model, (Sam, SAM2Base)) and model.training
     if isinstance(model, (Sam, SAM2Base)):
         model.eval()

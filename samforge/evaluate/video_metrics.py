@@ -39,7 +39,7 @@ from samforge.viz.overlay import PALETTE, draw_overlay
 
 __all__ = [
     "BOUND_TH", "VIDEO_PROMPTS", "ObjectScores", "VideoEvalResult", "boundary_f", "boundary_map",
-    "davis_statistics", "evaluate_video", "format_video_table", "jaccard", "video_overlay_png",
+    "davis_statistics", "evaluate_video", "format_video_table", "jaccard", "overlay_tile", "video_overlay_png",
 ]
 
 BOUND_TH = 0.008  # of the image diagonal
@@ -265,7 +265,7 @@ def format_video_table(metrics: dict[str, Any]) -> str:
 # Pictures
 
 
-def _tile(image: np.ndarray, pred: dict, gt: dict, colors: dict) -> np.ndarray:
+def overlay_tile(image: np.ndarray, pred: dict, gt: dict, colors: dict) -> np.ndarray:
     """The frame with each predicted mask filled in its object's colour and every ground truth outlined."""
     ids = sorted(pred)
     tile = draw_overlay(image, [pred[i] for i in ids], colors=[colors[i] for i in ids]) if ids else image.copy()
@@ -277,7 +277,8 @@ def _tile(image: np.ndarray, pred: dict, gt: dict, colors: dict) -> np.ndarray:
     return tile
 
 
-def video_overlay_png(rows: Sequence[tuple[str, Sequence[tuple[int, np.ndarray]]]], prompt: str = "box") -> bytes:
+def video_overlay_png(rows: Sequence[tuple[str, Sequence[tuple[int, np.ndarray]]]], prompt: str = "box",
+                      title: str | None = None, frame_word: str = "frame") -> bytes:
     """A PNG (matplotlib): one row per clip, a few frames each, predictions filled, ground truth outlined."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -287,8 +288,8 @@ def video_overlay_png(rows: Sequence[tuple[str, Sequence[tuple[int, np.ndarray]]
     cols = max([1, *(len(tiles) for _, tiles in rows)])
     fig = Figure(figsize=(2.6 * cols, 2.8 * n_rows + 0.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(f"{prompt} prompt on each object's first frame: prediction filled, ground truth outlined in yellow",
-                 fontsize=9)
+    fig.suptitle(title or f"{prompt} prompt on each object's first frame: prediction filled, ground truth outlined "
+                 "in yellow", fontsize=9)
     for r, (name, tiles) in enumerate(rows):
         for c in range(cols):
             ax = fig.add_subplot(n_rows, cols, r * cols + c + 1)
@@ -297,7 +298,7 @@ def video_overlay_png(rows: Sequence[tuple[str, Sequence[tuple[int, np.ndarray]]
                 t, tile = tiles[c]
                 ax.imshow(tile, interpolation="nearest")
                 short = name if len(name) <= 24 else "..." + name[-21:]
-                ax.set_title(f"{short} frame {t}", fontsize=8)
+                ax.set_title(f"{short} {frame_word} {t}", fontsize=8)
     if not rows:
         ax = fig.add_subplot(1, 1, 1)
         ax.set_axis_off()
@@ -434,5 +435,5 @@ def _evaluate_clip(predictor: Any, clip: Any, prompt: str, result: VideoEvalResu
     tiles = []
     for t in shown:
         gt_t = {oid: labels[t] == oid for oid in clip.obj_ids}
-        tiles.append((t, _tile(clip.frame(t), shown_pred[t], gt_t, colors)))
+        tiles.append((t, overlay_tile(clip.frame(t), shown_pred[t], gt_t, colors)))
     return tiles

@@ -13,15 +13,23 @@ import numpy as np
 from tqdm import tqdm
 
 from samforge.data.prompts import interior_point, mask_to_box
+from samforge.evaluate.report import per_image_csv
+from samforge.evaluate.video_metrics import overlay_tile, video_overlay_png
 from samforge.utils.atomic import atomic_write_bytes
+from samforge.viz.overlay import PALETTE
 
 VOLUME_PROMPTS = ("box", "point")
+VOLUME_METRICS_JSON = "volume_metrics.json"
+PER_OBJECT_CSV = "per_object.csv"
+OVERLAY_PNG = "overlay.png"
+OVERLAY_SLICES = 4  # slices shown per object: the prompt slice and others spread over the object's extent
 
 
 @dataclass
 class VolumeEvalResult:
     prompt: str
     objects: list = field(default_factory=list)  # {"clip", "obj_id", "prompt_slice", "dice_3d", "iou_3d"}
+    overlay_rows: list = field(default_factory=list)  # [("clip/obj", [(slice, RGB tile)])] for overlay.png
 
     def to_metrics_dict(self) -> dict[str, Any]:
         dice = [o["dice_3d"] for o in self.objects]
@@ -35,12 +43,22 @@ class VolumeEvalResult:
             "per_object": self.objects,
         }
 
-    def write(self, out: str | Path) -> Path:
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """Write ``volume_metrics.json``, ``per_object.csv`` and ``overlay.png`` (a few slices of the first
+        objects: prediction filled, ground truth outlined) into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "volume_metrics.json"
-        atomic_write_bytes(path, json.dumps(self.to_metrics_dict(), indent=1).encode())
-        return path
+        paths = {n: out / n for n in (VOLUME_METRICS_JSON, PER_OBJECT_CSV, OVERLAY_PNG)}
+        atomic_write_bytes(paths[VOLUME_METRICS_JSON], (json.dumps(self.to_metrics_dict(), indent=1) + "\n").encode())
+        if self.objects:
+            atomic_write_bytes(paths[PER_OBJECT_CSV], per_image_csv(self.objects).encode())
+        atomic_write_bytes(paths[OVERLAY_PNG], self.overlay_png())
+        return paths
+
+    def overlay_png(self, rows: Sequence | None = None) -> bytes:
+        return video_overlay_png(self.overlay_rows if rows is None else rows, self.prompt, frame_word="slice",
+                                 title=f"{self.prompt} prompt on each object's largest slice, propagated both ways: "
+                                 "prediction filled, ground truth outlined in yellow")
 
 
 def dice_iou_3d(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -55,10 +73,12 @@ def dice_iou_3d(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate_volumes(predictor: Any, dataset: Sequence, prompt: str = "box", max_volumes: int | None = None,
-                     progress: bool = True) -> VolumeEvalResult:
+                     progress: bool = True, overlay_objects: int = 4) -> VolumeEvalResult:
     """Score ``predictor`` (a ``SAM2VideoPredictor``) on the clips of ``dataset`` (``len`` and ``[i]`` -> a clip
     with ``frames``, ``masks`` T x K x H x W, ``obj_ids``, ``name``): one pass per object, from its largest slice
-    both ways."""
+    both ways. The first ``overlay_objects`` objects keep a few slices for ``overlay.png``."""
+    if overlay_objects < 0:
+        raise ValueError(f"overlay_objects must be >= 0, got {overlay_objects}")
     if prompt not in VOLUME_PROMPTS:
         raise ValueError(f"prompt: expected one of {VOLUME_PROMPTS}, got {prompt!r}")
     if not hasattr(predictor, "init_state") or not hasattr(predictor, "propagate_in_video"):
@@ -93,6 +113,24 @@ def evaluate_volumes(predictor: Any, dataset: Sequence, prompt: str = "box", max
                 dice, iou = dice_iou_3d(pred, gt)
                 result.objects.append({"clip": clip.name, "obj_id": int(obj_id), "prompt_slice": t0,
                                        "dice_3d": dice, "iou_3d": iou})
+                if len(result.overlay_rows) < overlay_objects:
+                    result.overlay_rows.append((f"{clip.name}/{obj_id}", _overlay_slices(clip, k, pred, t0)))
     finally:
         model.train(was_training)
     return result
+
+
+def _overlay_slices(clip: Any, k: int, pred: np.ndarray, prompt_slice: int) -> list[tuple[int, np.ndarray]]:
+    """The prompt slice and ``OVERLAY_SLICES - 1`` others spread over the object's extent, as RGB tiles."""
+    gt = clip.masks[:, k]
+    present = np.flatnonzero(gt.reshape(len(gt), -1).any(1))
+    spread = np.linspace(present[0], present[-1], OVERLAY_SLICES - 1).round().astype(int) if OVERLAY_SLICES > 1 else []
+    chosen = sorted({prompt_slice, *(int(t) for t in spread)})
+    color = {1: PALETTE[k % len(PALETTE)]}
+    tiles = []
+    for t in chosen:
+        image = clip.frames[t]
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        tiles.append((t, overlay_tile(np.ascontiguousarray(image), {1: pred[t]}, {1: gt[t]}, color)))
+    return tiles

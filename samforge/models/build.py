@@ -114,22 +114,34 @@ def load_sam(
     """Load a SAM from any checkpoint file: samforge training checkpoints carry their configuration
     (``sam_config``); official files need ``model_type`` (guessed from the weights' shapes when omitted)."""
     state_dict, extras = read_checkpoint(checkpoint)
-    if model_type is None and isinstance(extras.get("sam_config"), dict):
-        config: SamConfig | str = SamConfig.from_dict(extras["sam_config"])
+    sam = sam_from_weights(state_dict, extras, model_type, f"checkpoint {checkpoint}")
+    if device is not None:
+        sam.to(device)
+    return sam
+
+
+def sam_from_weights(state_dict: dict[str, torch.Tensor], extras: dict, model_type: SamConfig | str | None,
+                     source: str) -> Sam:
+    """The SAM of a read checkpoint (``read_checkpoint``'s two parts): the configuration it records, else
+    ``model_type``, else the registered one its shapes match."""
+    record = extras.get("sam_config")
+    if isinstance(record, dict) and record.get("family", "sam") != "sam":
+        raise ValueError(f"{source} holds a {record['family']!r} model, not SAM (v1): "
+                         "load it with samforge.models.load_model")
+    if model_type is None and isinstance(record, dict):
+        config: SamConfig | str = SamConfig.from_dict(record)
     elif model_type is not None:
         config = model_type
     else:
         guess = guess_sam_config(state_dict)
         if guess is None:
             raise ValueError(
-                f"checkpoint {checkpoint} does not say which model it is and its shapes match no registered "
+                f"{source} does not say which model it is and its shapes match no registered "
                 f"configuration; pass model_type (one of {sorted(SAM_CONFIGS)})"
             )
         config = guess
     sam = build_sam(config)
-    load_sam_weights(sam, state_dict, f"checkpoint {checkpoint}", resolve_sam_config(config)[0])
-    if device is not None:
-        sam.to(device)
+    load_sam_weights(sam, state_dict, source, resolve_sam_config(config)[0])
     return sam
 
 

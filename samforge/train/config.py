@@ -48,6 +48,9 @@ class LossConfig:
     resolution: str = "input"  # input: logits upsampled to the model input (as SAM); low_res: targets downsampled
     learned_weighting: bool = False  # weight focal/dice/IoU by learned uncertainties (UncertaintyWeighting)
     object_score: float = 1.0  # SAM 2: weight of the object-score (is the object in the frame) loss
+    # SAM 2: in training, masks of objects the object-score head calls absent are replaced by -1024 (official,
+    # right for fine-tuning); false lets the mask loss reach them, which a model trained from scratch needs
+    gate_masks_by_object_score: bool = True
 
 
 @dataclass

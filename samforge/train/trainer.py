@@ -160,6 +160,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if sam2:
         loss_fn = MultiStepMultiMaskLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.object_score).to(device)
         forward = forward_module = Sam2TrainingForward(model, loss_fn, cfg.sam2_prompts)
+        model.gate_masks_in_training = cfg.loss.gate_masks_by_object_score
     else:
         loss_fn = SamLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.learned_weighting).to(device)
         forward = forward_module = TrainingForward(model, loss_fn, embed)  # the model and the loss's own weights
@@ -311,11 +312,20 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         from samforge.evaluate.report import format_table
 
         model.eval()
-        if sam2 and cfg.data.num_frames > 1:  # clips: DAVIS J&F, each object tracked from its first box
-            from samforge.evaluate.video_metrics import evaluate_video
-            from samforge.predict.sam2_video_predictor import SAM2VideoPredictor
+        if sam2 and cfg.data.num_frames > 1 and getattr(val_data, "is_volume", False):
+            from samforge.evaluate.volume_metrics import evaluate_volumes  # volumes: 3D Dice from the largest slice
+            from samforge.predict.sam2_video_predictor import video_predictor_for
 
-            video = evaluate_video(SAM2VideoPredictor(model), _VideoClips(val_data), prompt="box",
+            volumes = evaluate_volumes(video_predictor_for(model), val_data, prompt="box", max_volumes=cfg.val_images)
+            volumes.write(out / "eval")
+            summary = volumes.to_metrics_dict()
+            print(f"val volumes: 3D Dice {summary['dice_3d']:.3f}, 3D IoU {summary['iou_3d']:.3f} "
+                  f"({summary['num_objects']} objects)")
+        elif sam2 and cfg.data.num_frames > 1:  # clips: DAVIS J&F, each object tracked from its first box
+            from samforge.evaluate.video_metrics import evaluate_video
+            from samforge.predict.sam2_video_predictor import video_predictor_for
+
+            video = evaluate_video(video_predictor_for(model), _VideoClips(val_data), prompt="box",
                                    max_clips=cfg.val_images)
             video.write(out / "eval")
             summary = video.to_metrics_dict()

@@ -123,6 +123,10 @@ class SAM2Base(nn.Module):
         self.pred_obj_scores_mlp = pred_obj_scores_mlp
         self.fixed_no_obj_ptr = fixed_no_obj_ptr
         self.soft_no_obj_ptr = soft_no_obj_ptr
+        # In training, masks of objects the object-score head calls absent become NO_OBJ_SCORE as in inference
+        # (official); False keeps the decoder's logits there in training mode, so that the mask loss reaches them
+        # (a model trained from scratch calls many objects absent at first and would get no mask gradient).
+        self.gate_masks_in_training = True
         if pred_obj_scores and use_obj_ptrs_in_encoder:
             self.no_obj_ptr = nn.Parameter(torch.zeros(1, self.hidden_dim))
             trunc_normal_(self.no_obj_ptr, std=0.02)
@@ -255,7 +259,8 @@ class SAM2Base(nn.Module):
         )
         if self.pred_obj_scores:
             is_obj_appearing = object_score_logits > 0
-            low_res_multimasks = torch.where(is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
+            if self.gate_masks_in_training or not self.training:
+                low_res_multimasks = torch.where(is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
         low_res_multimasks = low_res_multimasks.float()
         high_res_multimasks = F.interpolate(
             low_res_multimasks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False

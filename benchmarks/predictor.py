@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/predictor.py [--models vit_b,vit_h] [--device cpu|cuda]
         [--precisions fp32,fp32-fast,bf16,tf32] [--repeats 3] [--profile]
+        [--boxes 64] [--decode-repeats 5] [--decode-only]
 
 Both predictors hold the same random (perturbed) weights; the calls alternate (official, ours) and the medians are
 reported. Precisions, ours / the official's setting for the same row:
@@ -17,6 +18,15 @@ Per row: set_image seconds and images/s, one-point predict ms, peak memory of se
 ``ru_maxrss`` growth where /proc is missing), speed-up official/ours, memory ratio ours/official, and the masks'
 IoU against the official fp32 masks. ``--profile`` prints torch.profiler's top-10 ops of our set_image per
 precision (exact "fp32" is the "before", the fast precisions the "after").
+
+Prompt decoding (#10), per model, after the set_image rows (alone with ``--decode-only``): per-prompt latency of
+``predict`` with one point (multimask) and of ``predict_torch`` with ``--boxes`` boxes (total / boxes), fp32, every
+side on the same embedding (the official one, which ours in fp32 reproduces bit for bit), calls alternating, medians
+of ``--decode-repeats``. Rows: samforge "module" (the decoder module's forward + ``Sam.postprocess_masks``, i.e.
+samforge before the decoding work), samforge fp32 (decoder mode "exact", the default) and samforge fp32-fast
+(decoder mode "folded"); columns: speed-up official / ours, max abs difference of the low-res logits and IoU
+predictions from the official, and the number of binary-mask pixels that differ. ``--profile`` adds torch.profiler
+tables of the official and our decoding.
 """
 
 from __future__ import annotations
@@ -279,6 +289,80 @@ def bench_model(model_name: str, args, device: torch.device, precisions: list[st
                 print(profile_table(lambda: p_ours.set_image(image), device))
 
 
+def bench_decoding(model_name: str, args, device: torch.device) -> None:
+    """Per-prompt latency of ``predict`` (one point) and ``predict_torch`` (``args.boxes`` boxes), fp32: the official
+    predictor against ours in each decoder mode, all on the official embedding."""
+    from conftest import make_pair
+
+    from samforge import SamPredictor
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    official, ours = make_pair(model_name, seed=0)
+    official, ours = official.to(device), ours.to(device)
+    h, w = args.image_hw
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    p_off = OfficialPredictor(official)
+    p_off.set_image(image)
+    sides = {"official": p_off}
+    for name, precision, mode in (("samforge module (before)", "fp32", "module"), ("samforge fp32", "fp32", "exact"),
+                                  ("samforge fp32-fast", "fp32-fast", "folded")):
+        p = SamPredictor(ours, precision=precision)
+        p.decoder_mode = mode
+        if name == "samforge fp32":
+            p.set_image(image)  # ours in fp32: bit for bit the official embedding (checked below)
+            same = torch.equal(p.features, p_off.features)
+        else:  # the decoder alone is compared: the official embedding
+            p.original_size, p.input_size = p_off.original_size, p_off.input_size
+            p.features, p.is_image_set = p_off.features, True
+        sides[name] = p
+
+    point = dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1]))
+    rng = np.random.default_rng(2)
+    xy0 = rng.uniform(0, 1, (args.boxes, 2)) * [w * 0.7, h * 0.7]
+    boxes = np.concatenate([xy0, np.minimum(xy0 + rng.uniform(0.05, 0.5, (args.boxes, 2)) * [w, h], [w - 1, h - 1])],
+                           axis=1)
+    boxes = p_off.transform.apply_boxes_torch(torch.tensor(boxes, dtype=torch.float), (h, w)).to(device)
+    calls = {"predict, 1 point": (lambda p: p.predict(**point), 1)}
+    if args.boxes > 0:
+        calls[f"predict_torch, {args.boxes} boxes"] = (lambda p: p.predict_torch(None, None, boxes=boxes), args.boxes)
+    print(
+        f"\nprompt decoding, {model_name}, {w}x{h} image, {device}, fp32, {torch.get_num_threads()} threads, "
+        f"per prompt "
+        f"(median of {args.decode_repeats}, calls alternating), load average before: "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; our fp32 embedding bit-identical to the official: {same}"
+    )
+    print(f"{'':26s} {'':26s} {'ms/prompt':>10s} {'speed-up':>8s} {'max|dlogit|':>11s} {'max|dIoU|':>9s} "
+          f"{'mask px differ':>14s}")
+    for call_name, (call, n) in calls.items():
+        outputs = {name: call(p) for name, p in sides.items()}  # warm-up, and the outputs compared
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(args.decode_repeats):
+            for name, p in sides.items():
+                sync(device)
+                start = time.perf_counter()
+                call(p)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+        t_off = statistics.median(times["official"]) / n
+        ref = [torch.as_tensor(t).cpu() for t in outputs["official"]]
+        for name in sides:
+            t = statistics.median(times[name]) / n
+            if name == "official":
+                print(f"{call_name:26s} {name:26s} {t * 1e3:10.2f}")
+                continue
+            out = [torch.as_tensor(x).cpu() for x in outputs[name]]
+            dlogit = (out[2].double() - ref[2].double()).abs().max().item()
+            diou = (out[1].double() - ref[1].double()).abs().max().item()
+            flips = int((out[0] != ref[0]).sum())
+            print(f"{'':26s} {name:26s} {t * 1e3:10.2f} {t_off / t:7.2f}x {dlogit:11.2e} {diou:9.2e} {flips:14d}")
+        sys.stdout.flush()
+        if args.profile:
+            for name in ("official", "samforge fp32", "samforge fp32-fast"):
+                print(f"\ntorch.profiler, {name}, {call_name}:")
+                print(profile_table(lambda: call(sides[name]), device, rows=12))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def official_predict(p_off, point: dict, device: torch.device):
     """``segment_anything``'s ``predict``, through ``predict_torch`` so that it also runs under bf16 autocast
     (its ``predict`` cannot turn bf16 scores into numpy). Returns (masks, scores, low-res logits) as numpy."""
@@ -327,9 +411,19 @@ def main() -> None:
         "--attention", default="folded", choices=[m for m in ATTENTION_MODES if m != "exact"],
         help="ours' attention in the fast precisions",
     )
+    parser.add_argument("--boxes", type=int, default=64, help="boxes of the predict_torch decoding row (0: none)")
+    parser.add_argument("--decode-repeats", type=int, default=5, help="decoding calls per side (median)")
+    parser.add_argument("--decode-only", action="store_true", help="only the prompt-decoding rows (no set_image rows)")
     args, precisions, device = parse_common(parser)
+    if args.boxes < 0 or args.decode_repeats < 1:
+        raise SystemExit("--boxes must be >= 0 and --decode-repeats >= 1")
+    if args.decode_only and args.no_official:
+        raise SystemExit("--decode-only compares with the official predictor: leave out --no-official")
     for model_name in parse_list(args.models, tuple(SAM_CONFIGS), "models"):
-        bench_model(model_name, args, device, precisions)
+        if not args.decode_only:
+            bench_model(model_name, args, device, precisions)
+        if not args.no_official:
+            bench_decoding(model_name, args, device)
 
 
 if __name__ == "__main__":

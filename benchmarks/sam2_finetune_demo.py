@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--base-lr", type=float, default=1e-4)
     ap.add_argument("--ft-lr", type=float, default=5e-5)
     ap.add_argument("--workers", type=int, default=4 if torch.cuda.is_available() else 1)
+    ap.add_argument("--base-data", default="video", choices=["video", "images"],
+                    help="the base's data: synthetic video clips, or synthetic images (one-frame clips: the encoder "
+                    "and decoder learn first, several times cheaper per step; memory then learns in the fine-tune)")
     ap.add_argument("--base-frames", type=int, default=4)
     ap.add_argument("--ft-frames", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=0, help="clips per step (default: 4 base / 2 fine-tune)")
@@ -115,10 +118,12 @@ def main() -> None:
     d = min(size, 256)  # the synthetic data's size (resized to the model's input)
     gate = {"base": args.gate_masks in ("base", "both"), "finetune": args.gate_masks in ("finetune", "both")}
     report["gate_masks_by_object_score"] = gate
+    base_data = ([f"data.train=synthetic-video:200:{d}:8:0", f"data.val=synthetic-video:4:{d}:8:1000"]
+                 if args.base_data == "video" else [f"data.train=synthetic:2000:{d}", f"data.val=synthetic:8:{d}:100000"])
+    report["base_data"] = base_data[0].split("=", 1)[1]
     if base_ckpt is None:
         report["base"] = run_training(out / "base", [
-            *common, f"data.train=synthetic-video:200:{d}:8:0", f"data.val=synthetic-video:4:{d}:8:1000",
-            f"data.num_frames={args.base_frames}", f"batch_size={args.batch_size or 4}", f"optim.lr={args.base_lr}",
+            *common, *base_data, f"data.num_frames={args.base_frames if args.base_data == 'video' else 1}", f"batch_size={args.batch_size or 4}", f"optim.lr={args.base_lr}",
             f"max_minutes={args.base_minutes}", f"loss.gate_masks_by_object_score={gate['base']}",
         ])
         base_ckpt = report["base"]["checkpoint"]

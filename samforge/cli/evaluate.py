@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default=None, help="folder of the COCO images (default: beside the JSON)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-images", type=int, default=None,
-                   help="evaluate only the first N images (clips, with --video)")
+                   help="evaluate only the first N images (clips with --video, volumes with --volumes)")
     p.add_argument("--adapter", default=None,
                    help="LoRA adapter (.safetensors from samforge finetune) applied to the --checkpoint model; "
                    "the plain --checkpoint model is then the baseline unless --baseline names another")

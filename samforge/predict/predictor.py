@@ -2,15 +2,23 @@
 
 A drop-in for ``segment_anything.SamPredictor``: same names, arguments, defaults, shapes and dtypes.
 The keyword-only ``precision`` picks a fast path (see :data:`PRECISIONS`); the default is the exact one.
+
+Prompt decoding (``predict`` / ``predict_torch``) skips the work that does not depend on the prompt, in one of the
+:data:`DECODER_MODES`: "exact" (fp32's, bit for bit the official results) computes the image side of the decoder's
+first layer once per image and never repeats the embedding per prompt; "folded" (the fast precisions') also folds the
+later projections into the prompt tokens (``GridDecoder``'s re-association). Both upsample the masks only where the
+image is and threshold them a few prompts at a time.
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from samforge.models.image_encoder import attention_mode
@@ -27,14 +35,18 @@ from samforge.predict.checks import (
 )
 from samforge.predict.transforms import ResizeLongestSide
 
+if TYPE_CHECKING:
+    from samforge.predict.automatic_mask_generator import GridDecoder
+
 
 PRECISIONS = {
     "fp32": "float32, the official order of operations: results bit-for-bit the official ones (the default)",
-    "fp32-fast": "float32 with fused attention (rel-pos terms folded into SDPA) and fewer layout copies; "
-    "agrees with fp32 to float rounding",
+    "fp32-fast": "float32 with fused attention (rel-pos terms folded into SDPA) and fewer layout copies, and "
+    "prompts decoded with projections folded into the prompt tokens (decoder mode 'folded'); agrees with fp32 to "
+    "float rounding",
     "bf16": "the image encoder in bfloat16 end to end (weights cast per image) with fused attention; the "
-    "embedding is kept in float32 and the (cheap) prompt decoder runs in float32, so outputs are float32. Fast "
-    "on GPUs and on CPUs with AVX512-BF16/AMX, emulated (slower than fp32) on others",
+    "embedding is kept in float32 and the (cheap) prompt decoder runs in float32 ('folded'), so outputs are float32. "
+    "Fast on GPUs and on CPUs with AVX512-BF16/AMX, emulated (slower than fp32) on others",
 }
 
 
@@ -56,6 +68,24 @@ def run_cast(module: nn.Module, dtype: torch.dtype, *args: Any) -> Any:
     return torch.func.functional_call(module, tensors, args, strict=False, tie_weights=True)
 
 
+DECODER_MODES = {
+    "exact": "the decoder's own operations in the official order, bit for bit, minus the work that does not depend on "
+    "the prompt: the image side of the first layer (its projections) is computed once per image, and the embedding "
+    "and its positional encoding are not repeated per prompt; masks are upsampled only where the image is (the "
+    "default of precision 'fp32')",
+    "folded": "GridDecoder's re-association (see samforge.predict.automatic_mask_generator): later attentions fold "
+    "their projections into the few prompt tokens, the final attention runs only for the tokens used, prompts are "
+    "decoded a few at a time in reused buffers; logits agree with 'exact' to float rounding (a few 1e-6), so a mask "
+    "pixel whose logit is within that of the threshold may flip (the default of 'fp32-fast' and 'bf16')",
+    "module": "the mask decoder module's forward and Sam.postprocess_masks, as the official predictor calls them "
+    "(the reference the others are tested against)",
+}
+DECODE_CHUNK = 8  # prompts through the transformer at once ("folded")
+UPSCALE_CHUNK = 4  # prompts through the upscaling network at once ("folded")
+UPSAMPLE_CHUNK = 2  # prompts whose masks are upsampled to the image size at once (when only binary masks are asked)
+KEEP_WORKSPACE_BYTES = 64 * 2**20  # a "folded" workspace up to this size is kept between calls (one-prompt latency)
+
+
 class SamPredictor:
     #: attention mode of the fast precisions ("folded" or "sdpa_bias", see ``samforge.models.image_encoder``)
     fast_attention_mode = "folded"
@@ -65,6 +95,8 @@ class SamPredictor:
         if not isinstance(sam_model, Sam):
             raise TypeError(f"sam_model must be a samforge Sam model, got {type(sam_model).__name__}")
         self.precision = check_precision(precision)
+        #: how prompts are decoded, one of :data:`DECODER_MODES` (a decoder of other layers runs "module")
+        self.decoder_mode = "exact" if precision == "fp32" else "folded"
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
@@ -185,17 +217,252 @@ class SamPredictor:
             boxes=None if boxes is None else boxes.to(device),
             masks=None if mask_input is None else mask_input.to(device),
         )
-        low_res_masks, iou_predictions = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        mode = self._decoder_mode()
+        if mode == "module":
+            low_res_masks, iou_predictions = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+            if not return_logits:
+                masks = masks > self.model.mask_threshold
+            return masks, iou_predictions, low_res_masks
+        if mode == "exact":
+            low_res_masks, iou_predictions = self._decode_exact(sparse, dense, mask_input is not None, multimask_output)
+        else:
+            g = self._per_image("folded", self._build_folded)
+            try:
+                low_res_masks, iou_predictions = self._decode_folded(
+                    g, sparse, None if mask_input is None else dense, multimask_output)
+            finally:
+                if sum(t.numel() * t.element_size() for t in g._workspace.values()) > KEEP_WORKSPACE_BYTES:
+                    g._workspace.clear()  # a large batch's buffers are not held between calls
+        return self._postprocess(low_res_masks, return_logits), iou_predictions, low_res_masks
+
+    # ------------------------------------------------------------------------------- prompt decoding
+    def _decoder_mode(self) -> str:
+        """The decoder mode to run: ``self.decoder_mode``, or "module" for a decoder of other layers."""
+        from samforge.models.mask_decoder import MaskDecoder
+        from samforge.models.transformer import TwoWayTransformer
+        from samforge.predict.automatic_mask_generator import GridDecoder  # (it imports this module)
+
+        mode = self.decoder_mode
+        if mode not in DECODER_MODES:
+            raise ValueError(f"decoder_mode must be one of {sorted(DECODER_MODES)}, got {mode!r}")
+        decoder = self.model.mask_decoder
+        tr = decoder.transformer
+        if mode == "exact" and not (type(decoder) is MaskDecoder and type(tr) is TwoWayTransformer and tr.layers):
+            return "module"
+        if mode == "folded" and not GridDecoder.supports(self.model):
+            return "exact" if type(decoder) is MaskDecoder and type(tr) is TwoWayTransformer and tr.layers else "module"
+        return mode
+
+    def _per_image(self, kind: str, build: Any) -> Any:
+        """``build()``, computed once per image and decoder mode: rebuilt when the embedding or a weight of the prompt
+        encoder or mask decoder has changed since (a tensor's ``_version`` counts its in-place changes: optimizer
+        steps, ``load_state_dict``), so it is never stale."""
+        model = self.model
+        tensors = (self.features, *model.mask_decoder.parameters(), *model.prompt_encoder.parameters(),
+                   *model.prompt_encoder.buffers())
+        versions = tuple(t._version for t in tensors)
+        cached = self._image_cache.get(kind)
+        if (cached is None or len(cached[0]) != len(tensors) or cached[1] != versions
+                or any(a is not b for a, b in zip(cached[0], tensors))):
+            cached = self._image_cache[kind] = (tensors, versions, build())
+        return cached[2]
+
+    def _build_folded(self) -> GridDecoder:
+        from samforge.predict.automatic_mask_generator import GridDecoder
+
+        return GridDecoder(self.model, self.features)
+
+    def _build_exact(self) -> dict[str, torch.Tensor]:
+        """The image side of the first layer, as the official decoder computes it for every prompt: the image tokens
+        (embedding + no-mask embedding) and their positional encoding (``1 x n x C`` views, the official layout), the
+        token-to-image keys and values and the image-to-token queries (``1 x heads x n x d``)."""
+        model = self.model
+        first = model.mask_decoder.transformer.layers[0]
+        dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        src = (self.features + dense.expand(1, -1, *self.features.shape[-2:])).flatten(2).permute(0, 2, 1)
+        pe = model.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        kp = src + pe
+        return {
+            "src": src,
+            "pe": pe,
+            "k0": t2i._separate_heads(t2i.k_proj(kp)),
+            "v0": t2i._separate_heads(t2i.v_proj(src)),
+            "q0": i2t._separate_heads(i2t.q_proj(kp)),
+        }
+
+    def _decode_exact(self, sparse: torch.Tensor, dense: torch.Tensor, has_mask_input: bool,
+                      multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask_decoder(...)``'s low-res logits and IoU predictions, bit for bit: the same operations on the same
+        shapes, but the first layer's image side (the same for every prompt without a mask input) is taken from the
+        per-image cache, and the embedding and positional encoding are broadcast, not repeated per prompt."""
+        model = self.model
+        decoder = model.mask_decoder
+        if has_mask_input:  # each prompt has its own image side: the decoder's forward
+            return decoder(image_embeddings=self.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                           multimask_output=multimask_output)
+        cache = self._per_image("exact", self._build_exact)
+        tr = decoder.transformer
+        b = sparse.shape[0]
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+
+        # TwoWayTransformer.forward, its first layer (TwoWayAttentionBlock.forward) spelled out
+        first, pe, queries, qpe = tr.layers[0], cache["pe"], tokens, tokens
+        if first.skip_first_layer_pe:
+            queries = first.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + qpe
+            queries = queries + first.self_attn(q=q, k=q, v=queries)
+        queries = first.norm1(queries)
+        t2i = first.cross_attn_token_to_image
+        q = t2i._separate_heads(t2i.q_proj(queries + qpe))
+        queries = first.norm2(queries + t2i._attend(q, cache["k0"], cache["v0"]))
+        queries = first.norm3(queries + first.mlp(queries))
+        i2t = first.cross_attn_image_to_token
+        k_in = queries + qpe
+        attn = i2t._attend(cache["q0"], i2t._separate_heads(i2t.k_proj(k_in)), i2t._separate_heads(i2t.v_proj(queries)))
+        keys = first.norm4(cache["src"] + attn)
+        for layer in tr.layers[1:]:
+            queries, keys = layer(queries, keys, query_pe=qpe, key_pe=pe)
+        attn_out = tr.final_attn_token_to_image(q=queries + qpe, k=keys + pe, v=keys)
+        hs = tr.norm_final_attn(queries + attn_out)
+
+        # MaskDecoder.predict_masks after the transformer, and forward's selection
+        h, w = model.prompt_encoder.image_embedding_size
+        c = keys.shape[-1]
+        upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou_predictions, low_res_masks
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        iou_pred = decoder.iou_prediction_head(hs[:, 0, :])
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou_pred[:, chosen]
+
+    def _decode_folded(self, g: GridDecoder, sparse: torch.Tensor, dense: torch.Tensor | None,
+                       multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``mask_decoder(...)`` returns (low-res logits ``B x M x 4h x 4w``, IoU predictions ``B x M``) for
+        sparse prompt embeddings ``B x N x C`` and a dense one ``B x C x h x w`` (None: no mask input, the image
+        side is the same for every prompt), ``DECODE_CHUNK`` prompts at a time."""
+        decoder = self.model.mask_decoder
+        chosen = list(range(1, decoder.num_mask_tokens)) if multimask_output else [0]
+        b = sparse.shape[0]
+        h, w = g.grid
+        low_res = sparse.new_empty((b, len(chosen), 4 * h, 4 * w))
+        ious = []
+        for start in range(0, b, DECODE_CHUNK):
+            end = min(b, start + DECODE_CHUNK)
+            iou, mask_tokens, keys = self._transformer(
+                g, sparse[start:end], None if dense is None else dense[start:end], chosen)
+            ious.append(iou)
+            for s in range(0, end - start, UPSCALE_CHUNK):
+                e = min(end - start, s + UPSCALE_CHUNK)
+                self._masks(g, mask_tokens[s:e], keys[s:e], chosen, out=low_res[start + s:start + e])
+        return low_res, torch.cat(ious)
+
+    def _transformer(self, g: GridDecoder, sparse: torch.Tensor, dense: torch.Tensor | None,
+                     chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two-way transformer and the IoU head for a chunk of prompts: IoU predictions of the ``chosen`` mask
+        tokens ``B x M``, those tokens ``B x M x C`` and the updated image tokens ``B x n x C`` (in the workspace)."""
+        decoder = self.model.mask_decoder
+        tr = decoder.transformer
+        b = sparse.shape[0]
+        out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+        keys = None  # None: the shared image (the embedding plus the no-mask embedding), before any update
+        if dense is not None:  # each prompt's image: the embedding plus its mask's embedding
+            image = self.features.flatten(2).transpose(1, 2)
+            keys = torch.add(image, dense.flatten(2).transpose(1, 2), out=g._buf("src", (b, *g.src.shape)))
+        queries, qpe = tokens, tokens
+        for layer in tr.layers:
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + qpe
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            if keys is None:
+                attn = g._t2i_shared(layer.cross_attn_token_to_image, queries + qpe, g.k0, g.v0)
+            else:
+                kp = torch.add(keys, g.pe, out=g._buf("kp", keys.shape))
+                attn = g._t2i(layer.cross_attn_token_to_image, queries + qpe, kp, keys)
+            queries = layer.norm2(queries + attn)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            if keys is None:
+                res = g._i2t_shared(layer.cross_attn_image_to_token, queries + qpe, queries)
+            else:
+                res = g._i2t(layer.cross_attn_image_to_token, kp, keys, queries + qpe, queries)
+            keys = g._layer_norm(layer.norm4, res, "keys")
+        # the final attention updates each token on its own: only the IoU token and the chosen mask tokens are used
+        used = [0] + [1 + i for i in chosen]
+        queries, qpe = queries[:, used], qpe[:, used]
+        kp = torch.add(keys, g.pe, out=g._buf("kp", keys.shape))
+        attn = g._t2i(tr.final_attn_token_to_image, queries + qpe, kp, keys)
+        queries = tr.norm_final_attn(queries + attn)
+        iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
+        return iou_pred[:, chosen], queries[:, 1:], keys
+
+    def _masks(self, g: GridDecoder, mask_tokens: torch.Tensor, keys: torch.Tensor, chosen: list[int],
+               out: torch.Tensor) -> None:
+        """Low-res logits of the ``chosen`` mask tokens (``B x M x C``) over image tokens ``keys`` (``B x n x C``),
+        written to ``out`` (``B x M x 4h x 4w``): the upscaling network as per-pixel matrix products, then each
+        token's hypernetwork MLP."""
+        mlps = self.model.mask_decoder.output_hypernetworks_mlps
+        hyper = torch.stack([mlps[i](mask_tokens[:, j, :]) for j, i in enumerate(chosen)], dim=1)  # B x M x c
+        features = g._upscale(keys)  # B x (n*16) x c, rows in (i, j, a1, b1, a2, b2) order
+        b, m = hyper.shape[:2]
+        h, w = g.grid
+        masks = torch.bmm(features, hyper.transpose(1, 2), out=g._buf("masks", (b, features.shape[1], m)))
+        out.view(b, m, h, 2, 2, w, 2, 2).copy_(masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6))
+
+    def _postprocess(self, low_res: torch.Tensor, return_logits: bool) -> torch.Tensor:
+        """``Sam.postprocess_masks`` (bilinear to the padded input, crop, bilinear to the original size), then the
+        threshold unless ``return_logits``: the same values, but only the low-res rows / columns that the kept part
+        of the input needs are upsampled, the second resize is skipped when it would keep the size (bilinear at
+        scale 1 copies), and binary masks are made a few prompts at a time (no float masks for the whole batch)."""
+        size = self.model.image_encoder.img_size
+        in_h, in_w = self.input_size
+        lh, lw = low_res.shape[-2:]
+
+        def needed(n_out: int, n_in: int, scale: float) -> int:
+            # bilinear, align_corners=False: output i reads inputs floor((i + 0.5) / scale - 0.5) and the next
+            last = math.floor((n_out - 0.5) / scale - 0.5) + 1
+            return min(n_in, last + 2)
+
+        scale_h, scale_w = size / lh, size / lw
+        rh, rw = needed(in_h, lh, scale_h), needed(in_w, lw, scale_w)
+        if not (scale_h.is_integer() and scale_w.is_integer()):  # the cropped input's scale would be rounded
+            rh, rw = lh, lw
+
+        def upsample(x: torch.Tensor) -> torch.Tensor:
+            if (rh, rw) == (lh, lw):
+                up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+            else:
+                up = F.interpolate(x[..., :rh, :rw], scale_factor=(scale_h, scale_w), mode="bilinear",
+                                   align_corners=False)
+            up = up[..., :in_h, :in_w]
+            if tuple(self.original_size) != (in_h, in_w):
+                return F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)
+            return up
+
+        if return_logits:
+            return upsample(low_res).contiguous()
+        masks = torch.empty((*low_res.shape[:2], *self.original_size), dtype=torch.bool, device=low_res.device)
+        for start in range(0, low_res.shape[0], UPSAMPLE_CHUNK):
+            part = slice(start, start + UPSAMPLE_CHUNK)
+            torch.gt(upsample(low_res[part]), self.model.mask_threshold, out=masks[part])
+        return masks
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, ``1 x C x h x w``."""
@@ -206,6 +473,8 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        # per decoder mode: (the tensors it was computed from, their versions, the per-image work)
+        self._image_cache: dict[str, tuple[tuple, tuple, Any]] = {}
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 

@@ -217,7 +217,7 @@ class GridDecoder:
         """IoU predictions ``B x 3`` of positive points ``coords`` (``B x 2``, input frame), and the state
         (the multimask output tokens, the image tokens) that ``low_res_masks`` needs. The image tokens are
         in the workspace: the state is valid until the next call."""
-        model, tr = self.model, self.transformer
+        model = self.model
         decoder = model.mask_decoder
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=coords.device)
         sparse, _ = model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
@@ -225,7 +225,21 @@ class GridDecoder:
         out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
 
-        queries, qpe, keys = tokens, tokens, None  # keys None: the shared image, before any update
+        # the final attention updates each token on its own: only the IoU token and the multimask output
+        # tokens (mask tokens 1..) are used after it
+        queries, keys = self.two_way(tokens, None, [0] + list(range(2, 1 + decoder.num_mask_tokens)))
+        iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
+        return iou_pred[:, 1:], (queries[:, 1:], keys)
+
+    def two_way(self, tokens: torch.Tensor, keys: torch.Tensor | None,
+                used: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer with the projections folded into the prompt tokens: ``tokens`` ``B x T x C``
+        (output tokens then prompt tokens), ``keys`` each prompt's image tokens ``B x n x C``, or None for the
+        shared image (the first layer's projections computed once). The final attention runs only for the token
+        indices ``used``. -> (those tokens after the final attention and its norm, the updated image tokens,
+        in the workspace)."""
+        tr = self.transformer
+        queries, qpe = tokens, tokens
         for layer in tr.layers:
             if layer.skip_first_layer_pe:
                 queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -246,16 +260,11 @@ class GridDecoder:
                 res = self._i2t(layer.cross_attn_image_to_token, kp, keys, queries + qpe, queries)
             keys = self._layer_norm(layer.norm4, res, "keys")
         if keys is None:  # a transformer without layers
-            keys = self.src.unsqueeze(0).expand(b, -1, -1)
-        # the final attention updates each token on its own: only the IoU token and the multimask output
-        # tokens (mask tokens 1..) are used after it
-        used = [0] + list(range(2, 1 + decoder.num_mask_tokens))
+            keys = self.src.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         queries, qpe = queries[:, used], qpe[:, used]
         kp = torch.add(keys, self.pe, out=self._buf("kp", keys.shape))
         attn = self._t2i(tr.final_attn_token_to_image, queries + qpe, kp, keys)
-        queries = tr.norm_final_attn(queries + attn)
-        iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
-        return iou_pred[:, 1:], (queries[:, 1:], keys)
+        return tr.norm_final_attn(queries + attn), keys
 
     def low_res_masks(self, state: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """The multimask low-res logits ``len(idx) x 3 x 4h x 4w`` of the prompts ``idx`` of the last

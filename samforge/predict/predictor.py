@@ -376,7 +376,6 @@ class SamPredictor:
         """The two-way transformer and the IoU head for a chunk of prompts: IoU predictions of the ``chosen`` mask
         tokens ``B x M``, those tokens ``B x M x C`` and the updated image tokens ``B x n x C`` (in the workspace)."""
         decoder = self.model.mask_decoder
-        tr = decoder.transformer
         b = sparse.shape[0]
         out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.to(sparse.dtype).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
@@ -384,32 +383,8 @@ class SamPredictor:
         if dense is not None:  # each prompt's image: the embedding plus its mask's embedding
             image = self.features.flatten(2).transpose(1, 2)
             keys = torch.add(image, dense.flatten(2).transpose(1, 2), out=g._buf("src", (b, *g.src.shape)))
-        queries, qpe = tokens, tokens
-        for layer in tr.layers:
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(q=queries, k=queries, v=queries)
-            else:
-                q = queries + qpe
-                queries = queries + layer.self_attn(q=q, k=q, v=queries)
-            queries = layer.norm1(queries)
-            if keys is None:
-                attn = g._t2i_shared(layer.cross_attn_token_to_image, queries + qpe, g.k0, g.v0)
-            else:
-                kp = torch.add(keys, g.pe, out=g._buf("kp", keys.shape))
-                attn = g._t2i(layer.cross_attn_token_to_image, queries + qpe, kp, keys)
-            queries = layer.norm2(queries + attn)
-            queries = layer.norm3(queries + layer.mlp(queries))
-            if keys is None:
-                res = g._i2t_shared(layer.cross_attn_image_to_token, queries + qpe, queries)
-            else:
-                res = g._i2t(layer.cross_attn_image_to_token, kp, keys, queries + qpe, queries)
-            keys = g._layer_norm(layer.norm4, res, "keys")
         # the final attention updates each token on its own: only the IoU token and the chosen mask tokens are used
-        used = [0] + [1 + i for i in chosen]
-        queries, qpe = queries[:, used], qpe[:, used]
-        kp = torch.add(keys, g.pe, out=g._buf("kp", keys.shape))
-        attn = g._t2i(tr.final_attn_token_to_image, queries + qpe, kp, keys)
-        queries = tr.norm_final_attn(queries + attn)
+        queries, keys = g.two_way(tokens, keys, [0] + [1 + i for i in chosen])
         iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
         return iou_pred[:, chosen], queries[:, 1:], keys
 

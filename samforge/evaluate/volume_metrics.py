@@ -124,7 +124,7 @@ def _overlay_slices(clip: Any, k: int, pred: np.ndarray, prompt_slice: int) -> l
     """The prompt slice and ``OVERLAY_SLICES - 1`` others spread over the object's extent, as RGB tiles."""
     gt = clip.masks[:, k]
     present = np.flatnonzero(gt.reshape(len(gt), -1).any(1))
-    spread = np.linspace(present[0], present[-1], OVERLAY_SLICES - 1).round().astype(int) if OVERLAY_SLICES > 1 else []
+    spread = np.linspace(present[0], present[-1], OVERLAY_SLICES - 1).round().astype(int)
     chosen = sorted({prompt_slice, *(int(t) for t in spread)})
     color = {1: PALETTE[k % len(PALETTE)]}
     tiles = []

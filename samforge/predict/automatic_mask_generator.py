@@ -241,12 +241,7 @@ class GridDecoder:
         tr = self.transformer
         queries, qpe = tokens, tokens
         for layer in tr.layers:
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(q=queries, k=queries, v=queries)
-            else:
-                q = queries + qpe
-                queries = queries + layer.self_attn(q=q, k=q, v=queries)
-            queries = layer.norm1(queries)
+            queries = layer.token_self_attention(queries, qpe)
             if keys is None:
                 attn = self._t2i_shared(layer.cross_attn_token_to_image, queries + qpe, self.k0, self.v0)
             else:

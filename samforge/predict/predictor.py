@@ -254,10 +254,11 @@ class SamPredictor:
             raise ValueError(f"decoder_mode must be one of {sorted(DECODER_MODES)}, got {mode!r}")
         decoder = self.model.mask_decoder
         tr = decoder.transformer
-        if mode == "exact" and not (type(decoder) is MaskDecoder and type(tr) is TwoWayTransformer and tr.layers):
-            return "module"
+        exact_ok = type(decoder) is MaskDecoder and type(tr) is TwoWayTransformer and bool(tr.layers)
         if mode == "folded" and not GridDecoder.supports(self.model):
-            return "exact" if type(decoder) is MaskDecoder and type(tr) is TwoWayTransformer and tr.layers else "module"
+            mode = "exact"
+        if mode == "exact" and not exact_ok:
+            return "module"
         return mode
 
     def _per_image(self, kind: str, build: Any) -> Any:
@@ -317,13 +318,8 @@ class SamPredictor:
         tokens = torch.cat((output_tokens, sparse), dim=1)
 
         # TwoWayTransformer.forward, its first layer (TwoWayAttentionBlock.forward) spelled out
-        first, pe, queries, qpe = tr.layers[0], cache["pe"], tokens, tokens
-        if first.skip_first_layer_pe:
-            queries = first.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + qpe
-            queries = queries + first.self_attn(q=q, k=q, v=queries)
-        queries = first.norm1(queries)
+        first, pe, qpe = tr.layers[0], cache["pe"], tokens
+        queries = first.token_self_attention(tokens, qpe)
         t2i = first.cross_attn_token_to_image
         q = t2i._separate_heads(t2i.q_proj(queries + qpe))
         queries = first.norm2(queries + t2i._attend(q, cache["k0"], cache["v0"]))

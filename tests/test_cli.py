@@ -144,6 +144,37 @@ def test_predict_with_checkpoint_matches_python(tmp_path, capsys, scene_png, che
     assert result["areas"] == [int(m.sum()) for m in masks]
 
 
+@pytest.mark.parametrize("precision", ["fp32-fast", "bf16"])
+def test_predict_precision_flag_uses_that_fast_path(tmp_path, capsys, scene_png, checkpoint, precision):
+    """--precision reaches the predictor: the scores are those of SamPredictor(precision=...) and agree with the
+    exact path to that path's tolerance; the choice is recorded in scores.json."""
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys, "predict", "--model-type", "vit_small", "--checkpoint", checkpoint, "--image", scene_png,
+        "--box", "5,6,50,40", "--precision", precision, "--out", out,
+    )
+    assert code == 0, err
+    result = check_predict_folder(out, scene_png, num_masks=3)
+    assert result["precision"] == precision
+    sam = sam_model_registry["vit_small"]()
+    sam.load_state_dict(torch.load(checkpoint, weights_only=True))
+    scores = {}
+    for p in ("fp32", precision):
+        predictor = SamPredictor(sam, precision=p)
+        predictor.set_image(read_png(scene_png))
+        scores[p] = predictor.predict(box=np.array([5.0, 6.0, 50.0, 40.0]))[1]
+    np.testing.assert_allclose(result["scores"], scores[precision], rtol=1e-5, atol=1e-5)
+    tol = 1e-4 if precision == "fp32-fast" else 5e-2  # bf16 encoder: ~3 significant digits
+    np.testing.assert_allclose(result["scores"], scores["fp32"], atol=tol)
+
+
+def test_predict_bad_precision_exits_2(tmp_path, capsys, scene_png):
+    with pytest.raises(SystemExit) as e:  # argparse's choices
+        run_cli(capsys, *predict_argv(scene_png, tmp_path / "o", "--point", "4,4", "--precision", "fp16"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--precision" in err and "'fp16'" in err and "fp32-fast" in err
+
+
 # ---------------------------------------------------------------------------------------------- predict errors
 
 

@@ -94,16 +94,53 @@ def test_folded_checks_inputs():
 
 def test_attention_mode_context_restores_and_checks():
     model = perturbed_sam("vit_small", seed=0)
-    modes = lambda: {m.attention_mode for m in model.modules() if isinstance(m, RelPosAttention)}  # noqa: E731
+    modes = lambda: {m.mode for m in model.modules() if isinstance(m, RelPosAttention)}  # noqa: E731
     assert modes() == {"exact"}
     with attention_mode(model, "folded"):
         assert modes() == {"folded"}
+        with attention_mode(model.image_encoder.blocks[0], "sdpa_bias"):  # nested: the inner block wins
+            assert model.image_encoder.blocks[0].attn.mode == "sdpa_bias" and modes() == {"folded", "sdpa_bias"}
+        assert modes() == {"folded"}
     assert modes() == {"exact"}
+    with pytest.raises(ValueError, match="attention mode must be one of"):
+        with attention_mode(model, "flash"):
+            pass
     with pytest.raises(ValueError, match="attention mode must be one of"):
         set_attention_mode(model, "flash")
     with pytest.raises(TypeError, match="torch.nn.Module"):
         set_attention_mode("model", "folded")
     assert modes() == {"exact"}
+
+
+def test_attention_mode_holds_for_its_own_thread_only():
+    """Two threads run the same encoder at once, one inside ``attention_mode(..., "folded")``: each sees its own
+    mode while the other is inside its forward (a server's prefetch beside a request of another precision)."""
+    import threading
+
+    model = perturbed_sam("vit_small", seed=0)
+    attn = model.image_encoder.blocks[0].attn
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def fast_thread():
+        with attention_mode(model, "folded"):
+            seen["fast"] = attn.mode
+            inside.set()
+            release.wait(10)
+            seen["fast_after"] = attn.mode
+
+    t = threading.Thread(target=fast_thread)
+    t.start()
+    assert inside.wait(10)
+    seen["main"] = attn.mode  # while the other thread is inside its block
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        a = model.image_encoder(x)
+    release.set()
+    t.join(10)
+    with torch.no_grad():
+        b = model.image_encoder(x)
+    assert seen == {"fast": "folded", "main": "exact", "fast_after": "folded"}
+    assert torch.equal(a, b)  # the main thread ran the exact path while the other held "folded"
 
 
 @pytest.mark.parametrize("window_size,grid", [(14, 64), (0, 32)], ids=["window14_grid64", "global_grid32"])

@@ -343,11 +343,24 @@ def test_bad_images_raise(pair, bad, err, words):
         (dict(use_m2m="yes"), TypeError, "use_m2m must be True or False, got str 'yes'"),
         (dict(multimask_output=1), TypeError, "multimask_output must be True or False"),
         (dict(pred_iou_thres=0.5), TypeError, r"unexpected keyword arguments \['pred_iou_thres'\]"),
+        (dict(precision="fp16"), ValueError, r"precision must be one of .*got 'fp16'"),
     ],
 )
 def test_bad_parameters_raise(pair, kwargs, err, words):
     with pytest.raises(err, match=words):
         SAM2AutomaticMaskGenerator(pair[1], **kwargs)
+
+
+def test_bf16_generator_agrees_with_fp32(pair, image):
+    """``precision`` reaches the generator's predictor: the bf16 encoder gives the exact run's masks, to bf16
+    rounding (random weights, so some masks sit at the thresholds: compared by best-match IoU)."""
+    kwargs = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    exact = SAM2AutomaticMaskGenerator(pair[1], **kwargs).generate(image)
+    fast_gen = SAM2AutomaticMaskGenerator(pair[1], precision="bf16", **kwargs)
+    assert fast_gen.predictor.precision == "bf16"
+    fast = fast_gen.generate(image)
+    assert abs(len(fast) - len(exact)) <= max(2, len(exact) // 10)
+    assert np.median(mask_iou(fast, exact).max(axis=0)) > 0.9
 
 
 def test_bad_model_raises(pair):
@@ -360,7 +373,8 @@ def test_defaults_are_the_official_ones(pair):
 
     ours = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters
     theirs = inspect.signature(OfficialGenerator.__init__).parameters
-    assert list(ours) == list(theirs)
+    assert [k for k in ours if k != "precision"] == list(theirs)  # samforge's one addition, keyword-only
+    assert ours["precision"].kind is inspect.Parameter.KEYWORD_ONLY and ours["precision"].default == "fp32"
     assert all(ours[k].default == theirs[k].default for k in theirs if k not in ("self", "model", "kwargs"))
 
 

@@ -198,6 +198,37 @@ def test_rerun_with_other_settings_is_refused(first_run, tmp_path, capsys):
     assert code == 2 and "box_nms_thresh: 1.0 then, 0.5 now" in stderr
 
 
+def test_precision_is_recorded_and_a_rerun_with_another_is_refused(first_run, tmp_path, capsys):
+    settings = json.loads((first_run["out"] / "settings.json").read_text())
+    assert settings["precision"] == "fp32"
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    code, _, stderr = run_cli(capsys, first_run["images"], *FLAGS, "--precision", "fp32-fast", "--out", out)
+    assert code == 2 and "precision: 'fp32' then, 'fp32-fast' now" in stderr
+    # a folder written before the flag existed (no "precision" in settings.json) counts as fp32
+    del settings["precision"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    code, stdout, stderr = run_cli(capsys, first_run["images"], *FLAGS, "--out", out)
+    assert code == 0 and "3 already done" in stdout, stderr
+
+
+def test_fp32_fast_segments_a_folder_like_fp32(first_run, tmp_path, capsys):
+    """--precision fp32-fast reaches the generator: the same records as the exact run, to float rounding."""
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, first_run["images"], *FLAGS, "--precision", "fp32-fast", "--out", out)
+    assert code == 0, stderr
+    assert json.loads((out / "settings.json").read_text())["precision"] == "fp32-fast"
+    for stem in ("a", "c"):
+        exact = json.loads((first_run["out"] / "masks" / f"{stem}.json").read_text())
+        fast = json.loads((out / "masks" / f"{stem}.json").read_text())
+        assert len(fast) == len(exact)
+        np.testing.assert_allclose([r["predicted_iou"] for r in fast], [r["predicted_iou"] for r in exact],
+                                   atol=1e-4)
+        inter = (decode_records(fast) & decode_records(exact)).sum()
+        union = (decode_records(fast) | decode_records(exact)).sum()
+        assert inter / union > 0.99
+
+
 # ---------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("flag, value, said", [
     ("--points-per-side", "0", "--points-per-side must be an int >= 1, got 0"),

@@ -11,6 +11,7 @@ from samforge.models.configs import SAM_CONFIGS
 from samforge.models.load import load_model as load_checkpoint
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base, build_sam2
+from samforge.predict.predictor import PRECISIONS
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
@@ -30,6 +31,15 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", default="fp32", choices=sorted(PRECISIONS),
+        help="fp32 (default): bit for bit the official model; fp32-fast: fused attention and re-associated "
+        "prompt decoding (float rounding differs, a few borderline mask pixels may flip); bf16: the image "
+        "encoder in bfloat16 (fast on CUDA and on CPUs with AVX512-BF16/AMX, slow elsewhere)",
+    )
 
 
 def load_model(args: argparse.Namespace) -> Sam | SAM2Base:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samforge.cli.common import add_model_args, load_model, parse_floats
+from samforge.cli.common import add_model_args, add_precision_arg, load_model, parse_floats
 from samforge.data.image_io import read_image_rgb
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scores.json and overlay.png to --out.",
     )
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, TIFF, ...)")
     p.add_argument(
         "--point", action="append", default=[], metavar="X,Y[,LABEL]",
@@ -54,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     result = predict_to_folder(
         model, image, Path(args.out), coords, labels, box, multimask_output=not args.single_mask,
-        info={"image": str(args.image), "model_type": args.model_type, "checkpoint": args.checkpoint},
+        info={"image": str(args.image), "model_type": args.model_type, "checkpoint": args.checkpoint,
+              "precision": args.precision},
+        precision=args.precision,
     )
     print(f"best mask {result['best']}: score {result['scores'][result['best']]:.3f}, area {result['areas'][result['best']]} px")
     print(f"wrote {Path(args.out).resolve()}")
@@ -70,9 +73,12 @@ def predict_to_folder(
     box: np.ndarray | None,
     multimask_output: bool = True,
     info: dict | None = None,
+    precision: str = "fp32",
 ) -> dict:
-    """Predict and write ``mask.png``, ``masks/mask_<i>.png``, ``scores.json`` and ``overlay.png`` to ``out``."""
-    predictor = SAM2ImagePredictor(model) if isinstance(model, SAM2Base) else SamPredictor(model)
+    """Predict and write ``mask.png``, ``masks/mask_<i>.png``, ``scores.json`` and ``overlay.png`` to ``out``.
+    ``precision``: the predictor's (fp32, fp32-fast, bf16)."""
+    make = SAM2ImagePredictor if isinstance(model, SAM2Base) else SamPredictor
+    predictor = make(model, precision=precision)
     predictor.set_image(image)
     masks, scores, _ = predictor.predict(point_coords, point_labels, box, multimask_output=multimask_output)
     masks = np.asarray(masks).astype(bool)  # SAM 2 gives float32 0/1 masks, as the official predictor does

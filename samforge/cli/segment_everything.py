@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from samforge.cli.common import add_model_args, load_model
+from samforge.cli.common import add_model_args, add_precision_arg, load_model
 from samforge.data.bad_samples import natural_key
 from samforge.data.image_io import IMAGE_SUFFIXES, read_image_rgb
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (its top level; other files are skipped)")
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     for dest, (flag, default, kind, lo, hi) in GENERATOR_FLAGS.items():
         bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
@@ -190,7 +191,7 @@ def _settings(args: argparse.Namespace, kwargs: dict) -> dict:
              "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve())}
     if args.checkpoint is None:
         model["seed"] = args.seed  # random weights: the seed decides them
-    return {**model, **kwargs}
+    return {**model, "precision": args.precision, **kwargs}
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -202,6 +203,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON ({e}); delete it, or give a new --out") from e
         old = old if isinstance(old, dict) else {}
+        old.setdefault("precision", "fp32")  # written before --precision existed
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             said = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
@@ -273,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     if pending:
         model = load_model(args)
         make = SAM2AutomaticMaskGenerator if isinstance(model, SAM2Base) else SamAutomaticMaskGenerator
-        generator = make(model, output_mode="coco_rle", **kwargs)
+        generator = make(model, output_mode="coco_rle", precision=args.precision, **kwargs)
         bar = tqdm(pending, desc="segment-everything", unit="image", total=len(done) + len(pending),
                    initial=len(done))
         for p in bar:

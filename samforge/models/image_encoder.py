@@ -21,6 +21,7 @@ partition + head split in one copy.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Iterator
 
 import torch
@@ -31,12 +32,15 @@ from samforge.models.common import LayerNorm2d, MLPBlock
 
 
 ATTENTION_MODES = ("exact", "folded", "sdpa_bias")
+# attention modes set by ``attention_mode(...)`` blocks, per thread / asyncio task: id(RelPosAttention) -> mode
+_SCOPED_MODES: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("samforge_attention_modes", default={})
 
 
 def set_attention_mode(module: nn.Module, mode: str) -> dict[nn.Module, str]:
     """Set the attention mode of every :class:`RelPosAttention` inside ``module`` (see the module docstring).
 
-    Returns the previous mode of each changed attention module (for :func:`attention_mode` to restore)."""
+    Returns the previous mode of each changed attention module. For one ``with`` block in one thread, use
+    :func:`attention_mode` instead."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if mode not in ATTENTION_MODES:
@@ -51,13 +55,19 @@ def set_attention_mode(module: nn.Module, mode: str) -> dict[nn.Module, str]:
 
 @contextlib.contextmanager
 def attention_mode(module: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Run ``module``'s rel-pos attention in ``mode`` inside the ``with`` block, then restore the previous modes."""
-    previous = set_attention_mode(module, mode)
+    """Run ``module``'s rel-pos attention in ``mode`` inside the ``with`` block. The mode holds for this thread (and
+    asyncio task) only: another thread running the same model at the same time (a second predictor of another
+    precision, a server's prefetch) keeps its own mode, and nothing is left to restore."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+    scoped = {id(sub): mode for sub in module.modules() if isinstance(sub, RelPosAttention)}
+    token = _SCOPED_MODES.set({**_SCOPED_MODES.get(), **scoped})
     try:
         yield module
     finally:
-        for sub, old in previous.items():
-            sub.attention_mode = old
+        _SCOPED_MODES.reset(token)
 
 
 class ImageEncoderViT(nn.Module):
@@ -153,7 +163,7 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attn.attention_mode != "exact":
+        if self.attn.mode != "exact":
             return self._forward_fast(x)
         shortcut = x
         x = self.norm1(x)
@@ -204,7 +214,8 @@ class RelPosAttention(nn.Module):
     """Multi-head self-attention over a 2D token grid with decomposed relative position bias.
 
     ``attention_mode`` ("exact", "folded" or "sdpa_bias"; see the module docstring) picks how the attention is
-    computed; set it with :func:`set_attention_mode`."""
+    computed; set it with :func:`set_attention_mode`, or for one thread's ``with`` block with
+    :func:`attention_mode` (``mode`` is the one in effect)."""
 
     def __init__(
         self,
@@ -228,11 +239,17 @@ class RelPosAttention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
         self.attention_mode = "exact"
 
+    @property
+    def mode(self) -> str:
+        """The attention mode in effect in this thread: an enclosing ``attention_mode`` block's, else
+        ``attention_mode``."""
+        return _SCOPED_MODES.get().get(id(self), self.attention_mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         # (3, B, heads, H*W, head_dim)
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if self.attention_mode != "exact":
+        if self.mode != "exact":
             x = self.attend(*qkv.unbind(0), (h, w))
         elif qkv.dtype == torch.float32:
             x = self._reference_attention(qkv, (h, w))
@@ -248,7 +265,7 @@ class RelPosAttention(nn.Module):
         """Fast-mode attention of ``B x heads x (h*w) x hd`` queries, keys, values over an ``hw`` grid."""
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        if self.attention_mode == "sdpa_bias":
+        if self.mode == "sdpa_bias":
             bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return folded_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)

@@ -32,12 +32,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from samforge.models.sam import Sam
 from samforge.predict.amg_base import OUTPUT_MODES, AutomaticMaskGeneratorBase
 from samforge.predict.amg_utils import MaskData
-from samforge.predict.predictor import SamPredictor
+from samforge.predict.predictor import SamPredictor, upsample_logits
 
 __all__ = ["OUTPUT_MODES", "GridDecoder", "SamAutomaticMaskGenerator"]
 
@@ -419,26 +418,6 @@ class SamAutomaticMaskGenerator(AutomaticMaskGeneratorBase):
 
     def _upsample(self, low_res: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``M x h x w`` -> logits ``M x H x W`` of the crop, as ``Sam.postprocess_masks``
-        computes them (bilinear to the padded input, crop, bilinear to the crop's size), but upsampling
-        only the low-res rows / columns that the kept part of the input needs."""
-        model = self.predictor.model
-        size = model.image_encoder.img_size
-        in_h, in_w = self.predictor.input_size
-        lh, lw = low_res.shape[-2:]
-        scale_h, scale_w = size / lh, size / lw
-
-        def needed(n_out: int, n_in: int, scale: float) -> int:
-            # bilinear, align_corners=False: output i reads inputs floor((i + 0.5) / scale - 0.5) and the next
-            last = math.floor((n_out - 0.5) / scale - 0.5) + 1
-            return min(n_in, last + 2)
-
-        rh, rw = needed(in_h, lh, scale_h), needed(in_w, lw, scale_w)
-        x = low_res[:, None, :rh, :rw]
-        if (rh, rw) == (lh, lw):
-            up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        else:
-            up = F.interpolate(x, scale_factor=(scale_h, scale_w), mode="bilinear", align_corners=False)
-        up = up[..., :in_h, :in_w]
-        if tuple(crop_size) != (in_h, in_w):
-            up = F.interpolate(up, tuple(int(s) for s in crop_size), mode="bilinear", align_corners=False)
-        return up[:, 0]
+        computes them (:func:`upsample_logits`)."""
+        size = self.predictor.model.image_encoder.img_size
+        return upsample_logits(low_res[:, None], size, self.predictor.input_size, crop_size)[:, 0]

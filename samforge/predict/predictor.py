@@ -86,6 +86,35 @@ UPSAMPLE_CHUNK = 2  # prompts whose masks are upsampled to the image size at onc
 KEEP_WORKSPACE_BYTES = 64 * 2**20  # a "folded" workspace up to this size is kept between calls (one-prompt latency)
 
 
+def upsample_logits(low_res: torch.Tensor, img_size: int, input_size: tuple[int, int],
+                    original_size: tuple[int, int]) -> torch.Tensor:
+    """``Sam.postprocess_masks``: low-res logits ``B x C x h x w`` bilinearly to the padded input (``img_size``
+    square), cropped to ``input_size``, bilinearly to ``original_size``. The same values, computed with less work:
+    only the low-res rows / columns that the kept part of the input reads are upsampled, and the second resize is
+    skipped when it would keep the size (bilinear at scale 1 copies)."""
+    in_h, in_w = input_size
+    lh, lw = low_res.shape[-2:]
+
+    def needed(n_out: int, n_in: int, scale: float) -> int:
+        # bilinear, align_corners=False: output i reads inputs floor((i + 0.5) / scale - 0.5) and the next
+        last = math.floor((n_out - 0.5) / scale - 0.5) + 1
+        return min(n_in, last + 2)
+
+    scale_h, scale_w = img_size / lh, img_size / lw
+    rh, rw = needed(in_h, lh, scale_h), needed(in_w, lw, scale_w)
+    if not (scale_h.is_integer() and scale_w.is_integer()):  # the cropped input's scale would be rounded
+        rh, rw = lh, lw
+    if (rh, rw) == (lh, lw):
+        up = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    else:
+        up = F.interpolate(low_res[..., :rh, :rw], scale_factor=(scale_h, scale_w), mode="bilinear",
+                           align_corners=False)
+    up = up[..., :in_h, :in_w]
+    if tuple(original_size) != (in_h, in_w):
+        return F.interpolate(up, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+    return up
+
+
 class SamPredictor:
     #: attention mode of the fast precisions ("folded" or "sdpa_bias", see ``samforge.models.image_encoder``)
     fast_attention_mode = "folded"
@@ -398,41 +427,16 @@ class SamPredictor:
         out.view(b, m, h, 2, 2, w, 2, 2).copy_(masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6))
 
     def _postprocess(self, low_res: torch.Tensor, return_logits: bool) -> torch.Tensor:
-        """``Sam.postprocess_masks`` (bilinear to the padded input, crop, bilinear to the original size), then the
-        threshold unless ``return_logits``: the same values, but only the low-res rows / columns that the kept part
-        of the input needs are upsampled, the second resize is skipped when it would keep the size (bilinear at
-        scale 1 copies), and binary masks are made a few prompts at a time (no float masks for the whole batch)."""
+        """``Sam.postprocess_masks`` (see :func:`upsample_logits`), then the threshold unless ``return_logits``;
+        binary masks are made a few prompts at a time (no float masks for the whole batch)."""
         size = self.model.image_encoder.img_size
-        in_h, in_w = self.input_size
-        lh, lw = low_res.shape[-2:]
-
-        def needed(n_out: int, n_in: int, scale: float) -> int:
-            # bilinear, align_corners=False: output i reads inputs floor((i + 0.5) / scale - 0.5) and the next
-            last = math.floor((n_out - 0.5) / scale - 0.5) + 1
-            return min(n_in, last + 2)
-
-        scale_h, scale_w = size / lh, size / lw
-        rh, rw = needed(in_h, lh, scale_h), needed(in_w, lw, scale_w)
-        if not (scale_h.is_integer() and scale_w.is_integer()):  # the cropped input's scale would be rounded
-            rh, rw = lh, lw
-
-        def upsample(x: torch.Tensor) -> torch.Tensor:
-            if (rh, rw) == (lh, lw):
-                up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-            else:
-                up = F.interpolate(x[..., :rh, :rw], scale_factor=(scale_h, scale_w), mode="bilinear",
-                                   align_corners=False)
-            up = up[..., :in_h, :in_w]
-            if tuple(self.original_size) != (in_h, in_w):
-                return F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)
-            return up
-
         if return_logits:
-            return upsample(low_res).contiguous()
+            return upsample_logits(low_res, size, self.input_size, self.original_size).contiguous()
         masks = torch.empty((*low_res.shape[:2], *self.original_size), dtype=torch.bool, device=low_res.device)
         for start in range(0, low_res.shape[0], UPSAMPLE_CHUNK):
             part = slice(start, start + UPSAMPLE_CHUNK)
-            torch.gt(upsample(low_res[part]), self.model.mask_threshold, out=masks[part])
+            up = upsample_logits(low_res[part], size, self.input_size, self.original_size)
+            torch.gt(up, self.model.mask_threshold, out=masks[part])
         return masks
 
     def get_image_embedding(self) -> torch.Tensor:

@@ -92,6 +92,8 @@ class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         output_mode: str = "binary_mask",
         use_m2m: bool = False,
         multimask_output: bool = True,
+        *,
+        precision: str = "fp32",
         **kwargs: Any,
     ) -> None:
         """Generate masks for a whole image with ``model`` (a samforge ``SAM2Base``, see ``build_sam2``).
@@ -102,7 +104,9 @@ class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         2's defaults (``pred_iou_thresh`` 0.8), and: ``mask_threshold`` (logit threshold of binarization and
         of the stability score), ``min_mask_region_area`` (holes and sprinkles of at most that many pixels of
         the low-res masks are removed before upsampling; see the module docstring), ``use_m2m`` (refine each
-        mask once with its own low-res logits as mask input), ``multimask_output`` (three masks per point).
+        mask once with its own low-res logits as mask input), ``multimask_output`` (three masks per point),
+        ``precision`` (keyword-only: "fp32", the default and exact; "fp32-fast" or "bf16", as for
+        ``SAM2ImagePredictor``).
         Other keyword arguments may only be ``build_sam2``'s (``from_pretrained`` passes them to both, as the
         official code does); they are ignored here.
         """
@@ -120,7 +124,7 @@ class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         self.use_m2m = bool_param(use_m2m, "use_m2m")
         self.multimask_output = bool_param(multimask_output, "multimask_output")
         # the post-processing of min_mask_region_area is done here, on the survivors (see _upsample)
-        self.predictor = SAM2ImagePredictor(model)
+        self.predictor = SAM2ImagePredictor(model, precision=precision)
 
     @classmethod
     def from_pretrained(cls, model_id: str | Path, **kwargs: Any) -> "SAM2AutomaticMaskGenerator":

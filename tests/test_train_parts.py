@@ -14,7 +14,8 @@ from samforge.data.synthetic_dataset import SyntheticDataset
 from samforge.train.batches import TrainingSamples, collate_samples
 from samforge.train.config import OptimConfig, load_config
 from samforge.train.losses import SamLoss, dice_loss, mask_iou, sigmoid_focal_loss
-from samforge.train.optim import lr_factor
+from samforge.train.optim import build_scheduler, lr_factor
+from samforge.train.time_budget import fit_steps
 
 
 def test_focal_loss_by_hand():
@@ -94,6 +95,65 @@ def test_warmup_then_cosine():
     assert lr_factor(55, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-6)
     step_cfg = OptimConfig(warmup_steps=0, schedule="step", step_milestones=(0.5,), step_gamma=0.1)
     assert lr_factor(49, 100, step_cfg) == 1.0 and lr_factor(50, 100, step_cfg) == pytest.approx(0.1)
+
+
+def test_fit_steps_arithmetic():
+    assert fit_steps(10, 2.0, 100.0, 10_000) == 60  # 100 s left at 2 s a step: 50 more
+    assert fit_steps(10, 2.5, 100.0, 10_000) == 50
+    assert fit_steps(10, 2.0, 100.0, 30) == 30  # steps stays the upper bound
+    assert fit_steps(10, 2.0, -5.0, 10_000) == 10  # already over budget: stop now
+    with pytest.raises(ValueError, match="sec_per_step must be > 0"):
+        fit_steps(10, 0.0, 100.0, 100)
+
+
+def test_time_budget_fits_then_refits_when_the_pace_changes(monkeypatch):
+    """A fake clock: 1 s a step, a 10-minute budget, then the machine slows to 2 s a step; the schedule is fitted
+    after 10 steps, refitted at each validation (its measured cost counted), and a fitted schedule is kept."""
+    import types
+
+    from samforge.train import time_budget
+    from samforge.train.optim import Schedule
+
+    clock = [0.0]
+    monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = load_config(None, ["fit_steps_to_time=true", "max_minutes=10", "steps=100000", "val_every=50"])
+    schedule = Schedule(cfg.steps, cfg.optim)
+    budget = time_budget.TimeBudget(schedule, cfg, 0, val_batches=4)
+    assert [s for s in range(1, 60) if budget.due(s)] == [10]  # before the first fit, only step 10
+    clock[0] = 10.0
+    first = budget.fit(10, distributed=False)
+    pace = 1.0 * time_budget.MARGIN
+    val_estimate = 0.5 * 4 * pace  # no validation measured yet: half a step per validation batch
+    assert first == 10 + int((600 - 10 - val_estimate) / (pace + val_estimate / 50))
+    assert schedule.total_steps == first and schedule.fitted
+    assert budget.due(50) and not budget.due(51)
+    clock[0] = 50.0
+    assert budget.fit(50, distributed=False) == 50 + int((600 - 50 - val_estimate) / (pace + val_estimate / 50))
+    budget.validated(5.0)  # the validation at step 50 took 5 s; then 2 s a step
+    clock[0] = 50.0 + 5.0 + 50 * 2.0
+    slower = budget.fit(100, distributed=False)
+    assert slower == 100 + int((600 - 155 - 5.0) / (2.0 * time_budget.MARGIN + 5.0 / 50)) and slower < first
+    assert not time_budget.TimeBudget(schedule, cfg, 100, val_batches=4).due(110)  # resumed: kept as fitted
+    no_budget = load_config(None, ["fit_steps_to_time=true", "max_minutes=0"])  # no time limit: steps is the length
+    assert not time_budget.TimeBudget(Schedule(100, no_budget.optim), no_budget, 0, val_batches=4).due(10)
+
+
+def test_a_changed_schedule_length_is_saved_and_resumed(tmp_path):
+    cfg = OptimConfig(warmup_steps=2, schedule="cosine", min_lr_ratio=0.1, lr=1.0)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    scheduler = build_scheduler(torch.optim.AdamW(params, lr=1.0), 1000, cfg)
+    schedule = scheduler.lr_lambdas[0]
+    schedule.total_steps, schedule.fitted = 50, True
+    for _ in range(25):
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(lr_factor(25, 50, cfg))
+    path = tmp_path / "scheduler.pt"
+    torch.save(scheduler.state_dict(), path)
+    fresh = build_scheduler(torch.optim.AdamW(params, lr=1.0), 1000, cfg)
+    fresh.load_state_dict(torch.load(path, weights_only=True))  # plain values only
+    assert fresh.lr_lambdas[0].total_steps == 50 and fresh.lr_lambdas[0].fitted
+    fresh.step()
+    assert fresh.get_last_lr()[0] == pytest.approx(lr_factor(26, 50, cfg))
 
 
 def take(sampler, n):

@@ -81,6 +81,27 @@ def test_resume_refuses_a_different_run(tmp_path):
         train(load_config(None, [*TINY, f"out={out}", "steps=4", "batch_size=3"]))
 
 
+def test_fit_steps_to_time_fits_the_schedule_in_the_budget_and_keeps_it_on_resume(tmp_path):
+    """steps=100000 cannot fit in 6 seconds: the run measures its pace, shortens the schedule to what fits (the
+    logged learning rates follow a cosine of that length), and a rerun keeps that length (no second fit)."""
+    from samforge.train.optim import lr_factor
+
+    out = tmp_path / "fit"
+    overrides = [*TINY, f"out={out}", "steps=100000", "fit_steps_to_time=true", "log_every=1", "val_every=100000",
+                 "checkpoint_every=5", "eval_at_end=false"]
+    first = train(load_config(None, [*overrides, "max_minutes=0.1"]))
+    planned = first.planned_steps
+    assert 10 <= planned < 100000 and first.step <= planned
+    cfg = load_config(None, [*overrides, "max_minutes=0.1"])
+    for row in read_metrics(out, "train"):
+        if row["step"] >= 10:  # fitted after the first 10 steps; lr is the next step's
+            assert row["lr"] == pytest.approx(cfg.optim.lr * lr_factor(row["step"], planned, cfg.optim), rel=1e-6)
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["scheduler"]["lr_lambdas"][0]["total_steps"] == planned
+    again = train(load_config(None, [*overrides, "max_minutes=30"]))  # a longer budget: the run goes on, no refit
+    assert again.planned_steps == planned and again.step == planned
+
+
 def command(out: Path, steps: int) -> list[str]:
     return [sys.executable, "-m", "samforge", "train", *TINY, f"out={out}", f"steps={steps}", "log_every=1",
             "checkpoint_every=1", "val_every=1000", "eval_at_end=false"]

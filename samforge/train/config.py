@@ -94,6 +94,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_at_end: bool = True  # full evaluation (all protocols) on data.val into eval/ when the run stops
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
+    # with max_minutes > 0: after the first steps, shorten `steps` (and the learning-rate schedule with it) to what
+    # fits in max_minutes at the measured pace, so the schedule ends on time on any machine; `steps` stays the upper
+    # bound (without max_minutes, `steps` is the length)
+    fit_steps_to_time: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -31,8 +32,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[int, flo
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig | SimpleNamespace) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based); ``cfg``: the schedule's fields of
+    an ``OptimConfig``."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
@@ -43,5 +45,21 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Schedule:
+    """``lr_factor`` over ``total_steps`` as a callable object, so ``LambdaLR.state_dict`` saves its attributes:
+    ``total_steps`` may be changed during a run (``fitted`` says it was fitted to a time budget), and a resumed run
+    gets the length it was running to. Attributes are plain values (checkpoints load with ``weights_only``)."""
+
+    def __init__(self, total_steps: int, cfg: OptimConfig) -> None:
+        self.total_steps = int(total_steps)
+        self.fitted = False
+        self.optim = {k: getattr(cfg, k) for k in ("warmup_steps", "schedule", "min_lr_ratio", "step_milestones",
+                                                    "step_gamma")}
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.total_steps, SimpleNamespace(**self.optim))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
+    """The schedule over ``total_steps``; ``scheduler.lr_lambdas[0]`` is its :class:`Schedule`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(total_steps, cfg))

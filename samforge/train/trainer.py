@@ -34,6 +34,7 @@ from samforge.train.plots import plot_curves, read_metrics
 from samforge.train.sam2_step import Sam2TrainingForward
 from samforge.train.step import TrainingForward
 from samforge.train.task import task_for
+from samforge.train.time_budget import TimeBudget
 from samforge.utils.atomic import atomic_write_bytes
 
 RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed", "finetune")
@@ -90,7 +91,8 @@ class MetricsLog:
 class TrainOutcome:
     out: Path  # the run folder
     model: torch.nn.Module  # the trained model (this process's copy)
-    step: int  # optimizer steps done (less than cfg.steps when stopped by max_minutes)
+    step: int  # optimizer steps done (less than cfg.steps when stopped by max_minutes or fitted to it)
+    planned_steps: int  # the schedule's length: cfg.steps, or what fit_steps_to_time fitted in max_minutes
 
 
 def train(cfg: TrainConfig) -> TrainOutcome:
@@ -147,6 +149,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         loss_fn.load_state_dict(ckpt.get("loss", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        schedule = scheduler.lr_lambdas[0]  # a rerun with other `steps` runs to them; a time-fitted length is kept
+        schedule.total_steps = min(schedule.total_steps, cfg.steps) if schedule.fitted else cfg.steps
         step, best = int(ckpt["step"]), float(ckpt["best"])
         set_rng_state(ckpt["rng"])
         metrics.truncate_after(step)
@@ -184,12 +188,15 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
               f"{precision}, {world} process(es), {samples_per_step} images per step")
         print(plan.describe())
-    progress = tqdm(total=cfg.steps, initial=step, desc="train", disable=not main_process, dynamic_ncols=True)
+    schedule = scheduler.lr_lambdas[0]  # its total_steps: cfg.steps, or fitted to max_minutes (kept on resume)
+    progress = tqdm(total=schedule.total_steps, initial=step, desc="train", disable=not main_process,
+                    dynamic_ncols=True)
     start_time = time.perf_counter()
+    budget = TimeBudget(schedule, cfg, step, len(val_batches))
     data_time = compute_time = 0.0
     clips_skipped = clips_padded = 0  # SAM 2 clips: too short or without an object on the first frame / padded
     steps_since_log = 0
-    while step < cfg.steps:
+    while step < schedule.total_steps:
         t0 = time.perf_counter()
         stats: dict[str, float] = {}
         for micro in range(cfg.optim.accumulate):
@@ -210,6 +217,14 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         if cfg.optim.grad_clip > 0:
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
         optimizer.step()
+        if budget.due(step + 1):  # before scheduler.step(): the next step's learning rate is the fitted one
+            first_fit = not schedule.fitted
+            planned = budget.fit(step + 1, distributed)
+            progress.total = planned
+            progress.refresh()
+            if main_process and first_fit:
+                progress.write(f"fit_steps_to_time: {planned} steps fit in {cfg.max_minutes} minutes at this pace "
+                               f"(steps={cfg.steps} at most); the learning-rate schedule ends there")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -223,7 +238,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             flag = torch.tensor([float(out_of_time)])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
+        if step % cfg.log_every == 0 or step == schedule.total_steps or out_of_time:
             metrics.write({"step": step, "split": "train", **{k: round(v, 6) for k, v in stats.items()},
                            "lr": scheduler.get_last_lr()[0], "sec_per_step": round(compute_time / steps_since_log, 4),
                            "data_frac": round(data_time / max(compute_time, 1e-9), 4),
@@ -232,11 +247,13 @@ def train(cfg: TrainConfig) -> TrainOutcome:
                               if task.family == "sam2" else {})})
             data_time = compute_time = 0.0
             steps_since_log = 0
-        finished = step == cfg.steps or out_of_time
+        finished = step == schedule.total_steps or out_of_time
         if main_process and (step % cfg.val_every == 0 or finished):
             overlay_path = out / "overlays" / f"val_step{step:06d}.png"
+            t_val = time.perf_counter()
             val = task.validate(forward_module, val_batches, autocast)
             task.save_overlays(model, overlay_samples, overlay_path)
+            budget.validated(time.perf_counter() - t_val)
             metrics.write({"step": step, "split": "val", **{k: round(v, 6) for k, v in val.items()}})
             plot_curves(out / "metrics.jsonl", out / "curves.png")
             progress.write(f"step {step}: val loss {val['loss']:.4f}, box mIoU {val['box_miou']:.3f}, "
@@ -264,7 +281,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return TrainOutcome(out, model, step)
+    return TrainOutcome(out, model, step, schedule.total_steps)
 
 
 def peak_memory_mb(device: torch.device) -> float:

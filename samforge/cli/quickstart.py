@@ -28,7 +28,7 @@ VAL_SEED = 1_000_000  # held-out scenes: far from the training seeds
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train a small SAM on synthetic scenes, evaluate it, segment (make quickstart)")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    p.add_argument("--minutes", type=float, default=None, help="training time (default: the preset's, 8)")
+    p.add_argument("--minutes", type=float, default=None, help="training time in minutes (default: the preset's, 7.5)")
     p.add_argument("--val-images", type=int, default=32, help="held-out scenes to evaluate on (default 32)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training settings replacing the preset's")
     p.set_defaults(run=run)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from samforge.data.prompts import interior_point, mask_to_box
 from samforge.data.synthetic import SHAPE_KINDS, make_scene
+from samforge.evaluate.metrics import mask_iou
 from samforge.models.load import load_model
 from samforge.models.sam import Sam
 from samforge.predict.predictor import SamPredictor
@@ -26,17 +27,12 @@ from samforge.predict.predictor import SamPredictor
 AREA_BINS = ((0, 300), (300, 1000), (1000, 3000), (3000, None))
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def low_res_ceiling(gt: np.ndarray, low_res: int) -> float:
     """IoU of the true mask after a round trip through the low-res grid (area down, bilinear up, > 0.5)."""
     t = torch.from_numpy(gt.astype(np.float32))[None, None]
     down = F.interpolate(t, (low_res, low_res), mode="area")
     up = F.interpolate(down, gt.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-    return iou(up > 0.5, gt)
+    return mask_iou(up > 0.5, gt)
 
 
 def main() -> int:
@@ -63,8 +59,8 @@ def main() -> int:
         for gt, kind in zip(scene.masks, scene.shapes):
             box_mask = predictor.predict(box=mask_to_box(gt).astype(float), multimask_output=False)[0][0]
             masks, scores, _ = predictor.predict(interior_point(gt)[None].astype(float), np.array([1]))
-            rows.append({"seed": seed, "kind": kind, "area": int(gt.sum()), "box_iou": iou(box_mask, gt),
-                         "point_iou": iou(masks[int(np.argmax(scores))], gt),
+            rows.append({"seed": seed, "kind": kind, "area": int(gt.sum()), "box_iou": mask_iou(box_mask, gt),
+                         "point_iou": mask_iou(masks[int(np.argmax(scores))], gt),
                          "ceiling": low_res_ceiling(gt, low_res)})
 
     def summary(sel: list[dict]) -> dict:

@@ -118,7 +118,7 @@ def test_time_budget_fits_then_refits_when_the_pace_changes(monkeypatch):
     monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     cfg = load_config(None, ["fit_steps_to_time=true", "max_minutes=10", "steps=100000", "val_every=50"])
     schedule = Schedule(cfg.steps, cfg.optim)
-    budget = time_budget.TimeBudget(schedule, cfg, 0, val_batches=4)
+    budget = time_budget.TimeBudget(schedule, cfg, 0, 0.0, val_batches=4)
     assert [s for s in range(1, 60) if budget.due(s)] == [10]  # before the first fit, only step 10
     clock[0] = 10.0
     first = budget.fit(10, distributed=False)
@@ -133,9 +133,9 @@ def test_time_budget_fits_then_refits_when_the_pace_changes(monkeypatch):
     clock[0] = 50.0 + 5.0 + 50 * 2.0
     slower = budget.fit(100, distributed=False)
     assert slower == 100 + int((600 - 155 - 5.0) / (2.0 * time_budget.MARGIN + 5.0 / 50)) and slower < first
-    assert not time_budget.TimeBudget(schedule, cfg, 100, val_batches=4).due(110)  # resumed: kept as fitted
+    assert not time_budget.TimeBudget(schedule, cfg, 100, 0.0, val_batches=4).due(110)  # resumed: kept as fitted
     no_budget = load_config(None, ["fit_steps_to_time=true", "max_minutes=0"])  # no time limit: steps is the length
-    assert not time_budget.TimeBudget(Schedule(100, no_budget.optim), no_budget, 0, val_batches=4).due(10)
+    assert not time_budget.TimeBudget(Schedule(100, no_budget.optim), no_budget, 0, 0.0, val_batches=4).due(10)
 
 
 def test_a_changed_schedule_length_is_saved_and_resumed(tmp_path):

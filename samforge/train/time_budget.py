@@ -30,7 +30,9 @@ class TimeBudget:
     :meth:`due` / :meth:`fit` after each optimizer step (before ``scheduler.step()``, so the next step's learning
     rate is already the fitted one) and :meth:`validated` with the seconds each validation took."""
 
-    def __init__(self, schedule: Schedule, cfg: TrainConfig, step: int, val_batches: int) -> None:
+    def __init__(self, schedule: Schedule, cfg: TrainConfig, step: int, start: float, val_batches: int) -> None:
+        """``step``: the step this process starts at; ``start``: its ``time.perf_counter()`` then (the clock of
+        ``max_minutes``)."""
         self.schedule = schedule
         # no budget, nothing to fit; a resumed run keeps the length its first process fitted
         self.enabled = cfg.fit_steps_to_time and cfg.max_minutes > 0 and not schedule.fitted
@@ -38,7 +40,7 @@ class TimeBudget:
         self.max_steps = cfg.steps
         self.val_every = cfg.val_every
         self.val_batches = val_batches
-        self.start_step, self.start = step, time.perf_counter()
+        self.start_step, self.start = step, start
         self.mark = (step, self.start)  # the last fit: (step, time)
         self.val_since_mark = 0.0  # seconds of validation since then
         self.val_cost: float | None = None  # seconds the last validation took

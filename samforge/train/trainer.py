@@ -133,6 +133,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     loss_fn = forward_module.loss_fn
     optimizer = build_optimizer(forward, cfg.optim, plan.lr_scales)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
+    schedule = scheduler.lr_lambdas[0]  # its total_steps: cfg.steps, or fitted to max_minutes (kept on resume)
     step, best = 0, -1.0
 
     # -- resume
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         loss_fn.load_state_dict(ckpt.get("loss", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        schedule = scheduler.lr_lambdas[0]  # a rerun with other `steps` runs to them; a time-fitted length is kept
+        # a rerun with other `steps` runs to them; a time-fitted length is kept
         schedule.total_steps = min(schedule.total_steps, cfg.steps) if schedule.fitted else cfg.steps
         step, best = int(ckpt["step"]), float(ckpt["best"])
         set_rng_state(ckpt["rng"])
@@ -188,11 +189,10 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
               f"{precision}, {world} process(es), {samples_per_step} images per step")
         print(plan.describe())
-    schedule = scheduler.lr_lambdas[0]  # its total_steps: cfg.steps, or fitted to max_minutes (kept on resume)
     progress = tqdm(total=schedule.total_steps, initial=step, desc="train", disable=not main_process,
                     dynamic_ncols=True)
     start_time = time.perf_counter()
-    budget = TimeBudget(schedule, cfg, step, len(val_batches))
+    budget = TimeBudget(schedule, cfg, step, start_time, len(val_batches))
     data_time = compute_time = 0.0
     clips_skipped = clips_padded = 0  # SAM 2 clips: too short or without an object on the first frame / padded
     steps_since_log = 0

@@ -215,3 +215,24 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["steps=0"])
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "scratch_small", "finetune_small"])
+def test_presets_load_and_build_their_model(name):
+    """Each preset loads (its keys are known, its values checked) and names a model that builds and runs at its
+    input size; the from-scratch presets train for a time with the schedule fitted to it."""
+    from samforge.models.build import build_sam
+    from samforge.train.config import preset_names
+    from samforge.train.task import resolve_model_config
+
+    assert name in preset_names()
+    cfg = load_config(name)
+    if name == "finetune_small":  # fine-tunes the user's checkpoint (samforge finetune --base)
+        return
+    _, sam_config = resolve_model_config(cfg)
+    model = build_sam(sam_config)
+    size = sam_config.image_size
+    with torch.no_grad():
+        embedding = model.image_encoder(torch.zeros(1, 3, size, size))
+    assert embedding.shape[-1] == sam_config.image_embedding_size
+    assert cfg.fit_steps_to_time and cfg.max_minutes > 0 and cfg.steps > 0

@@ -31,14 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from samforge.data.synthetic import make_scene  # noqa: E402
 from samforge.models.build import build_sam, load_sam  # noqa: E402
 from samforge.serve import ServerThread, create_app  # noqa: E402
+from samforge.serve.guard import TOKEN_HEADER  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+HEADERS = {"Content-Type": "application/json"}  # and the server's token (X-Samforge-Token), set once it runs
+
+
 def post(conn: http.client.HTTPConnection, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body or {}).encode()
-    conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+    conn.request("POST", path, body=data, headers=HEADERS)
     resp = conn.getresponse()
     reply = json.loads(resp.read())
     if resp.status != 200:
@@ -120,6 +124,7 @@ def main() -> None:
         Image.fromarray(scene.image).save(images / "scene.png")
         app = create_app(model, images, Path(tmp) / "labels", ["object", "background thing"],
                          model_name=f"{args.model}" + (" (random weights)" if not args.checkpoint else ""))
+        HEADERS[TOKEN_HEADER] = app.state.token  # what the page sends with every change
         server = ServerThread(app)
         url = server.start()
         host, port = server.sock.getsockname()[:2]

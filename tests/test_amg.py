@@ -61,12 +61,19 @@ def assert_masks_match(ours: list, official: list, min_iou: float = 0.99) -> Non
     assert bool((iou.max(0).values >= min_iou).all()), "an official mask has no counterpart of ours"
 
 
+def record_types(records: list) -> set:
+    """The Python types of each record's area, bbox and crop_box values (as JSON / CSV writers see them)."""
+    return {(type(r["area"]), *(type(v) for v in r["bbox"] + r["crop_box"])) for r in records}
+
+
 def assert_same_records(ours: list, official: list, exact: bool) -> None:
-    """Masks match (IoU); with ``exact`` also every field, record by record in the same order."""
+    """Masks match (IoU), the records' types are the official ones (ints, or floats where the official gives
+    floats); with ``exact`` also every field, record by record in the same order."""
     assert_masks_match(ours, official)
     for r in ours:
         assert set(r) == RECORD_KEYS
-        assert isinstance(r["area"], int) and all(isinstance(v, int) for v in r["bbox"] + r["crop_box"])
+        assert isinstance(r["area"], int)
+    assert record_types(ours) == record_types(official)
     if exact:
         for r, o in zip(ours, official):
             assert np.array_equal(decode(r), decode(o))
@@ -157,17 +164,61 @@ def test_grid_decoder_matches_mask_decoder(small_pair, lora):
     torch.testing.assert_close(kept_logits, logits[prompts], atol=1e-4, rtol=1e-5)
 
 
-def test_plain_decoding_fallback_gives_same_masks(small_pair, image, monkeypatch):
-    """A decoder the grid decoder does not know is decoded the plain way, with the same masks."""
-    from samforge.predict.automatic_mask_generator import GridDecoder
+def _generate(model, image, decoder_mode: str, **kwargs) -> list:
+    gen = SamAutomaticMaskGenerator(model, **kwargs)
+    gen.predictor.decoder_mode = decoder_mode
+    return gen.generate(image)
 
+
+def test_decoder_modes_give_the_same_masks(small_pair, image):
+    """The folded grid decoder (the fast precisions') gives the exact decoder's masks to float rounding, and a
+    decoder of other layers, decoded the plain way (the module's forward), exactly its records."""
     _, our_model = small_pair
     kwargs = dict(points_per_side=6, box_nms_thresh=1.0, **LOW)
-    fast = SamAutomaticMaskGenerator(our_model, **kwargs).generate(image)
-    monkeypatch.setattr(GridDecoder, "supports", staticmethod(lambda model: False))
-    plain = SamAutomaticMaskGenerator(our_model, **kwargs).generate(image)
-    assert len(fast) == 108
-    assert_same_records(fast, plain, exact=False)
+    exact = _generate(our_model, image, "exact", **kwargs)
+    assert len(exact) == 108
+    assert_same_records(_generate(our_model, image, "folded", **kwargs), exact, exact=False)
+    assert_same_records(_generate(our_model, image, "module", **kwargs), exact, exact=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(points_per_side=8, box_nms_thresh=1.0, **LOW),  # all 192 masks, none dropped
+        dict(points_per_side=7, points_per_batch=20, box_nms_thresh=1.0, **LOW),  # batches of 20 and a last of 9
+        dict(points_per_side=4, crop_n_layers=1, crop_n_points_downscale_factor=2, box_nms_thresh=1.0,
+             crop_nms_thresh=0.9, **LOW),
+        dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.0, box_nms_thresh=0.9),
+    ],
+    ids=["every_mask", "batches_and_nms", "crop_layer", "iou_filter"],
+)
+def test_fp32_generator_is_bit_exact_with_official(small_pair, image, kwargs):
+    """precision "fp32" (the default) gives the official records bit for bit: the same masks, predicted IoUs and
+    stability scores, in the same order, with the same types."""
+    official_model, our_model = small_pair
+    ours, official = run_both(official_model, our_model, image, **kwargs)
+    assert len(official) > 0
+    if len(official) > 1:  # masks of different sizes: not all empty or all full
+        assert len({r["area"] for r in official}) > 1
+    assert_same_records(ours, official, exact=True)
+    for r, o in zip(ours, official):
+        assert r["predicted_iou"] == o["predicted_iou"] and r["stability_score"] == o["stability_score"]
+
+
+def test_crop_box_types_follow_the_official(small_pair, image):
+    """With crops, a crop without masks makes the official crop_box column (and so every record's crop_box)
+    float; a batch without a stable mask does the same to bbox. The records' types are the official ones."""
+    official_model, our_model = small_pair
+    kwargs = dict(points_per_side=4, crop_n_layers=1, box_nms_thresh=1.0, crop_nms_thresh=0.9, **LOW)
+    ours, official = run_both(official_model, our_model, image, **kwargs)
+    assert record_types(official) == {(int, int, int, int, int, float, float, float, float)}  # the case at hand
+    assert record_types(ours) == record_types(official)
+    kwargs = dict(points_per_side=4, points_per_batch=1, pred_iou_thresh=0.0, stability_score_thresh=0.6,
+                  stability_score_offset=0.05, box_nms_thresh=1.0)  # one point a batch: some batches keep no mask
+    ours, official = run_both(official_model, our_model, image, **kwargs)
+    assert record_types(official) == {(int, float, float, float, float, int, int, int, int)}  # the case at hand
+    assert record_types(ours) == record_types(official)
+    assert_same_records(ours, official, exact=True)
 
 
 # ------------------------------------------------------------------------- fake decoder, both sides

@@ -22,6 +22,7 @@ from samforge.data.synthetic import make_scene
 from samforge.models.build import build_sam
 from samforge.predict.predictor import SamPredictor
 from samforge.serve import ServerThread, check_host, create_app
+from samforge.serve.guard import TOKEN_HEADER
 from samforge.serve.images import ImageFolder
 from samforge.serve.server import allowed_hosts, is_loopback
 from samforge.serve.store import AnnotationStore, StoreError, check_labels, decode_rle_counts, mask_to_rle
@@ -66,7 +67,7 @@ def make_client(model, images, tmp_path):
     def make(labels_dir: Path | None = None, **kw) -> TestClient:
         app = create_app(model, images, labels_dir or tmp_path / "labels", LABELS, model_name="vit_small",
                          everything=EVERYTHING, **kw)
-        client = TestClient(app)
+        client = page_client(app)
         client.__enter__()
         clients.append(client)
         return client
@@ -74,6 +75,11 @@ def make_client(model, images, tmp_path):
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+def page_client(app) -> TestClient:
+    """A client that sends what the annotator's page sends: its token and a JSON Content-Type."""
+    return TestClient(app, headers={TOKEN_HEADER: app.state.token, "Content-Type": "application/json"})
 
 
 @pytest.fixture()
@@ -218,8 +224,8 @@ def test_non_finite_numbers_are_refused(client):
 def test_malformed_json_gets_422_with_a_message(client, content, said):
     r = client.post("/api/images/s0.png/predict", content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and said in r.json()["detail"], r.json()
-    r = client.post("/api/images/s0.png/predict", content=b'{"points": []}')  # no Content-Type
-    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["detail"]
+    r = client.post("/api/images/s0.png/predict", content=b'{"points": []}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
 
 
 def test_request_bodies_are_bounded(make_client):
@@ -527,7 +533,7 @@ def test_sam2_models_predict_and_have_no_everything_button(images, tmp_path):
 
     torch.manual_seed(0)
     sam2 = build_sam2("sam2.1_hiera_t", device="cpu", hydra_overrides_extra=list(SMALL_OVERRIDES))
-    with TestClient(create_app(sam2, images, tmp_path / "labels2", LABELS)) as client:
+    with page_client(create_app(sam2, images, tmp_path / "labels2", LABELS)) as client:
         assert client.get("/api/config").json()["everything"] is False
         r = predict(client, points=[{"x": 60, "y": 40, "label": 1}], box=[20, 10, 100, 70])
         predictor = SAM2ImagePredictor(sam2)
@@ -537,3 +543,111 @@ def test_sam2_models_predict_and_have_no_everything_button(images, tmp_path):
         assert (decode(r["mask"]) == (masks[0] > 0)).mean() > 0.999
         r = client.post("/api/images/s0.png/everything")
         assert r.status_code == 400 and "SAM v1" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------ cross-site requests
+STATE_CHANGING = [("POST", "/api/images/s0.png/undo"), ("POST", "/api/images/s0.png/embed"),
+                  ("POST", "/api/export"), ("PUT", "/api/images/s0.png/done"),
+                  ("DELETE", "/api/images/s0.png/objects/1"), ("PATCH", "/api/images/s0.png/objects/1")]
+
+
+@pytest.mark.parametrize("method, path", STATE_CHANGING)
+def test_cross_origin_requests_without_the_token_are_refused(model, images, tmp_path, method, path):
+    app = create_app(model, images, tmp_path / "labels", LABELS)
+    with TestClient(app) as client:  # what another site's page can send: no token
+        r = client.request(method, path, headers={"Origin": "http://evil.example", "Content-Type": "application/json"})
+        assert r.status_code == 403 and "evil.example" in r.json()["detail"] and "testserver:80" in r.json()["detail"]
+        r = client.request(method, path, headers={"Referer": "http://evil.example/page.html"})
+        assert r.status_code == 403 and "Referer" in r.json()["detail"]
+        r = client.request(method, path, headers={"Content-Type": "application/json"})  # no Origin, no token
+        assert r.status_code == 403 and TOKEN_HEADER in r.json()["detail"]
+        r = client.request(method, path, headers={TOKEN_HEADER: "guessed-" * 4, "Content-Type": "application/json"})
+        assert r.status_code == 403 and TOKEN_HEADER in r.json()["detail"]
+    assert not (tmp_path / "labels" / "export").exists()
+
+
+def test_cross_origin_is_refused_even_with_the_token_and_same_origin_passes(client):
+    token = client.headers[TOKEN_HEADER]
+    for origin in ("http://evil.example", "http://testserver:8080", "https://testserver", "null"):
+        r = client.post("/api/export", headers={"Origin": origin})
+        assert r.status_code == 403 and "cross-origin" in r.json()["detail"], origin
+    assert client.post("/api/export", headers={"Origin": "http://testserver"}).status_code == 200
+    assert client.post("/api/export", headers={"Referer": "http://testserver/"}).status_code == 200
+    r = client.post("/api/images/s0.png/undo", headers={"Content-Type": "text/plain", TOKEN_HEADER: token})
+    assert r.status_code == 415 and "got text/plain" in r.json()["detail"]  # a cross-site form's content type
+
+
+def test_the_page_carries_a_per_server_token_and_its_script_sends_it(model, images, tmp_path):
+    tokens = []
+    for i in range(2):
+        app = create_app(model, images, tmp_path / f"labels{i}", LABELS)
+        with TestClient(app) as client:
+            page = client.get("/").text
+            assert f'<meta name="samforge-token" content="{app.state.token}">' in page
+            tokens.append(app.state.token)
+            assert TOKEN_HEADER in client.get("/static/app.js").text
+    assert tokens[0] != tokens[1] and len(tokens[0]) >= 32
+
+
+def test_cross_origin_post_on_a_real_server(live_server):
+    host, port = live_server.sock.getsockname()[:2]
+    for headers, status in (({"Origin": "http://evil.example"}, 403),
+                            ({"Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/json"}, 403),
+                            ({"Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/json",
+                              TOKEN_HEADER: live_server.server.config.app.state.token}, 200)):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("POST", "/api/export", headers=headers)
+        assert conn.getresponse().status == status, headers
+        conn.close()
+
+
+def test_nul_in_a_labels_path_is_400(client):
+    r = client.get("/labels/a%00b")
+    assert r.status_code == 400 and "NUL" in r.json()["detail"]
+
+
+def test_huge_rle_is_rejected_by_its_length_before_decoding(client):
+    counts = "1" * (7 * 2**20)  # 7 MiB, under the body limit
+    r = client.post("/api/images/s0.png/objects", json={"label": "cell", "segmentation": {"size": [96, 128],
+                                                                                        "counts": counts}})
+    assert r.status_code == 422
+    assert f"{len(counts)} characters" in r.json()["detail"] and "96x128" in r.json()["detail"]
+    with pytest.raises(StoreError, match="more than any mask of a 2x2 image"):
+        decode_rle_counts("0" * 100, 2, 2)
+    with pytest.raises(StoreError, match="negative run"):
+        decode_rle_counts("000@", 2, 2)  # "@": a delta of -32, taking a count below zero
+    with pytest.raises(StoreError, match="invalid character"):
+        decode_rle_counts("0 ", 2, 2)
+    with pytest.raises(StoreError, match="a run of 5 pixels, more than the 2x2 image has"):
+        decode_rle_counts("5", 2, 2)
+
+
+def test_vectorised_rle_decoding_matches_pycocotools():
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((h, w)) < rng.random() if i % 2 else np.pad(np.ones((h // 2, w // 2), bool),
+                                                                       ((h - h // 2, 0), (w - w // 2, 0)))
+        rle = mask_to_rle(mask)
+        runs = decode_rle_counts(rle["counts"], h, w)
+        flat = np.concatenate([[False], mask.flatten(order="F"), [not mask.flatten(order="F")[-1]]])
+        expected = np.diff(np.flatnonzero(np.diff(flat.astype(np.int8)) != 0), prepend=0)
+        assert runs == expected.tolist()[:len(runs)] and sum(runs) == h * w
+
+
+def test_stale_store_temporaries_are_removed_and_live_ones_kept(model, images, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ann = tmp_path / "labels" / "annotations"
+    ann.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = ann / f".s0.json.tmp-{int(dead.stdout)}-0123abcd"
+    live = ann / f".s0.json.tmp-{os.getppid()}-0123abcd"  # a process that runs (pytest's parent)
+    other = ann / ".s0.json.tmp-someone-else"  # not our naming: never touched
+    for p in (stale, live, other):
+        p.write_bytes(b"{")
+    store = AnnotationStore(tmp_path / "labels", ImageFolder(images), LABELS)
+    assert store.removed_temporaries == [stale]
+    assert not stale.exists() and live.exists() and other.exists()

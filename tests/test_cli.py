@@ -217,7 +217,7 @@ def test_predict_malformed_prompts(tmp_path, capsys, scene_png, extra, match):
         (["--point=-3,10,0"], f"point_coords must lie inside the image (0 <= x <= {W}, 0 <= y <= {H})"),
         (["--box", f"0,0,10,{H + 5}"], f"box must lie inside the image (0 <= x <= {W}, 0 <= y <= {H})"),
         (["--box", "20,0,10,10"], "x0 <= x1 and y0 <= y1"),
-        (["--point", "5,5,2"], "point_labels must be 1 (foreground), 0 (background) or -1 (ignore), got [2.0]"),
+        (["--point", "5,5,2"], "point_labels must be 1 (foreground), 0 (background) or -1 (ignore), got [2]"),
         (["--point", "5,5,0.5"], "point_labels must be 1 (foreground), 0 (background) or -1 (ignore), got [0.5]"),
     ],
     ids=["point-x>W", "point-x<0", "box-y>H", "box-swapped", "label-2", "label-0.5"],

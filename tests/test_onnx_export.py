@@ -587,9 +587,9 @@ def test_cli_errors_write_nothing(adapter_setup, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     code, _, err = run_cli(capsys, *args, root / "base.pth", "--out", a_file)
-    assert code == 2 and "not a directory" in err
+    assert code == 2 and "expected a folder (existing or to be created), got an existing file" in err
     code, _, err = run_cli(capsys, *args, root / "base.pth", "--out", a_file / "sub")
-    assert code == 2 and "cannot be created" in err
+    assert code == 2 and "expected a writable folder, but a part of the path is a file" in err
     code, _, err = run_cli(capsys, *args, tmp_path / "missing.pth", "--out", out)
     assert code == 2 and "--checkpoint not found" in err
     code, _, err = run_cli(capsys, "export", "onnx", "--model-type", "sam2.1_hiera_t", "--checkpoint",

@@ -4,10 +4,13 @@ given; and the shapes, dtypes and options of good calls behave as in segment_any
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
+
+from segment_anything import SamPredictor as OfficialPredictor
 
 from samforge import SamPredictor, sam_model_registry
 
@@ -33,6 +36,16 @@ def predictor(sam, image) -> SamPredictor:
     p = SamPredictor(sam)
     p.set_image(image)
     return p
+
+
+@pytest.fixture(scope="module")
+def official_pair(small_pair, image):
+    """(official, ours) predictors with the same random weights and ``image`` set."""
+    official_model, our_model = small_pair
+    official, ours = OfficialPredictor(official_model), SamPredictor(our_model)
+    official.set_image(image)
+    ours.set_image(image)
+    return official, ours
 
 
 @pytest.fixture
@@ -181,11 +194,86 @@ def test_point_coords_not_finite(predictor, value):
 
 
 @pytest.mark.parametrize(
-    "xy", [(-1.0, 5.0), (5.0, -0.5), (W + 1.0, 5.0), (5.0, H + 0.5)], ids=["x<0", "y<0", "x>W", "y>H"]
+    "coords, labels, box",
+    [
+        ([[W + 1.0, 10.0]], [1], None),  # the notebook's 641 on a 640-wide image
+        ([[10.0, 10.0], [-1.0, 5.0]], [1, 0], None),
+        ([[5.0, H + 0.5]], [0], None),
+        (None, None, [-1.0, 0.0, 30.0, 30.0]),  # a detector box overshooting the border
+        (None, None, [0.0, 0.0, W + 3.0, H + 3.0]),
+        (None, None, [W + 5.0, 2.0, W + 40.0, 30.0]),  # entirely outside
+        ([[-20.0, -20.0]], [1], [-10.0, 2.0, 30.0, H + 10.0]),
+    ],
+    ids=["x>W", "x<0", "y>H", "box-x0<0", "box-past-corner", "box-outside", "points-and-box"],
 )
-def test_points_outside_the_image(predictor, xy):
-    with pytest.raises(ValueError, match=rf"point_coords must lie inside the image \(0 <= x <= {W}, 0 <= y <= {H}\)"):
-        predictor.predict(np.array([[10.0, 10.0], xy]), np.array([1, 0]))
+def test_prompts_outside_the_image_are_used_as_the_official_uses_them(official_pair, coords, labels, box):
+    """The official predictor accepts prompts past the border: ours does the same computation, bit for bit."""
+    official, ours = official_pair
+    kwargs = dict(point_coords=None if coords is None else np.array(coords),
+                  point_labels=None if labels is None else np.array(labels),
+                  box=None if box is None else np.array(box))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ours.predict(**kwargs)
+    want = official.predict(**kwargs)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_predict_torch_outside_the_resized_frame_is_the_official_result(official_pair):
+    official, ours = official_pair  # the resized frame is 192 x 256 (H x W)
+    coords = torch.tensor([[[300.0, 10.0], [20.0, 30.0]], [[-5.0, 200.0], [20.0, 30.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 250.0], [-3.0, -3.0, 260.0, 195.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ours.predict_torch(coords, labels, boxes=boxes)
+    want = official.predict_torch(coords, labels, boxes=boxes)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _warnings_of(call) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    "kwargs, warned",
+    [
+        (dict(point_coords=np.array([[W + 1.0, 10.0]]), point_labels=np.array([1])), "point_coords: a point lies"),
+        (dict(point_coords=np.array([[W + 9.0, 10.0]]), point_labels=np.array([-1])), None),  # an ignored point
+        (dict(box=np.array([W + 5.0, 2.0, W + 40.0, 30.0])), "box: a box lies entirely outside the image"),
+        (dict(box=np.array([-3.0, -2.0, W + 3.0, H + 1.0])), None),  # overshoots the border: no warning
+        (dict(box=np.array([W, H, W, H])), None),  # on the border
+    ],
+    ids=["point-outside", "ignored-point", "box-outside", "box-overshooting", "box-on-the-corner"],
+)
+def test_a_warning_only_for_a_prompt_entirely_outside(predictor, kwargs, warned):
+    messages = _warnings_of(lambda: predictor.predict(**kwargs))
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(warned) and "used as given" in messages[0]
+
+
+def test_predict_torch_warns_for_a_box_entirely_outside_the_resized_frame(predictor):
+    messages = _warnings_of(lambda: predictor.predict_torch(None, None, boxes=torch.tensor([[0.0, 193.0, 9.0, 200.0]])))
+    assert len(messages) == 1 and messages[0].startswith("boxes (resized frame): a box lies entirely outside")
+
+
+def test_the_outside_warning_is_shown_once_per_call_site(predictor):
+    outside = dict(point_coords=np.array([[W + 1.0, 10.0]]), point_labels=np.array([1]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default action: once per (message, category, module, line)
+        for _ in range(3):
+            predictor.predict(**outside)
+        predictor.predict(**outside)  # another line
+    assert len(caught) == 2
+    assert {w.filename for w in caught} == {__file__}  # the user's line, not samforge's
+    assert caught[1].lineno == caught[0].lineno + 1
 
 
 def test_points_on_the_border_and_ignore_label_are_accepted(predictor):
@@ -212,14 +300,6 @@ def test_box_of_wrong_shape(predictor, box):
 @pytest.mark.parametrize("box", [[30.0, 5.0, 10.0, 20.0], [5.0, 30.0, 10.0, 20.0]], ids=["x0>x1", "y0>y1"])
 def test_box_corners_swapped(predictor, box):
     with pytest.raises(ValueError, match=r"x0 <= x1 and y0 <= y1, got \["):
-        predictor.predict(box=np.array(box))
-
-
-@pytest.mark.parametrize(
-    "box", [[-2.0, 0.0, 10.0, 10.0], [0.0, 0.0, W + 3.0, 10.0], [0.0, 0.0, 10.0, H + 3.0]], ids=["x0<0", "x1>W", "y1>H"]
-)
-def test_box_outside_the_image(predictor, box):
-    with pytest.raises(ValueError, match=rf"box must lie inside the image \(0 <= x <= {W}, 0 <= y <= {H}\)"):
         predictor.predict(box=np.array(box))
 
 
@@ -387,13 +467,39 @@ def test_predict_torch_batch_sizes_disagree(predictor, kwargs, shown):
         )
 
 
-def test_predict_torch_coords_outside_the_resized_frame(predictor):
-    # the resized frame is 192 x 256 (H x W)
-    bounds = "must lie inside the image (0 <= x <= 256, 0 <= y <= 192)"
-    with pytest.raises(ValueError, match=re.escape(f"point_coords (resized frame) {bounds}")):
-        predictor.predict_torch(torch.tensor([[[300.0, 10.0]]]), torch.ones(1, 1))
-    with pytest.raises(ValueError, match=re.escape(f"boxes (resized frame) {bounds}")):
-        predictor.predict_torch(None, None, boxes=torch.tensor([[0.0, 0.0, 10.0, 250.0]]))
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (_prompts(torch.tensor([[[np.nan, 3.0]]]), torch.ones(1, 1)), "point_coords must be finite"),
+        (_prompts(torch.tensor([[[np.inf, 3.0]]]), torch.ones(1, 1)), "point_coords must be finite"),
+        (_prompts(torch.zeros(1, 2, 2), torch.tensor([[1, 2]])),
+         "point_labels must be 1 (foreground), 0 (background) or -1 (ignore), got [1, 2]"),
+        (_prompts(torch.zeros(1, 2, 2), torch.tensor([[1.0, 0.5]])),
+         "point_labels must be 1 (foreground), 0 (background) or -1 (ignore), got [0.5, 1.0]"),
+        (_prompts(boxes=torch.tensor([[0.0, 0.0, np.nan, 5.0]])), "boxes must be finite"),
+        (_prompts(boxes=torch.tensor([[30.0, 5.0, 10.0, 20.0]])),
+         "boxes must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got [[30.0, 5.0, 10.0, 20.0]]"),
+        (_prompts(boxes=torch.tensor([[[5.0, 30.0, 10.0, 20.0]]])), "x0 <= x1 and y0 <= y1, got [[5.0, 30.0,"),
+        (_prompts(mask_input=torch.full((1, 1, 64, 64), np.nan)),
+         "mask_input must be finite, got 4096 NaN or inf value(s) of 4096"),
+        (_prompts(boxes=_boxes(1), mask_input=torch.zeros(1, 1, 64, 64).index_fill_(3, torch.tensor([7]), np.inf)),
+         "mask_input must be finite, got 64 NaN or inf value(s) of 4096"),
+    ],
+    ids=["coords-nan", "coords-inf", "label-2", "label-0.5", "box-nan", "box-x0>x1", "box-1x4-y0>y1", "mask-nan",
+         "mask-inf"],
+)
+def test_predict_torch_refuses_what_predict_refuses(predictor, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        predictor.predict_torch(**kwargs)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_mask_input_not_finite(predictor, value):
+    mask = np.zeros((1, LOW_RES, LOW_RES), np.float32)
+    mask[0, 3, 4] = value
+    message = f"mask_input must be finite, got 1 NaN or inf value(s) of {LOW_RES ** 2}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        predictor.predict(point_coords=ONE_POINT, point_labels=ONE_LABEL, mask_input=mask)
 
 
 # ---------------------------------------------------------------------------------------------- set_torch_image
@@ -451,3 +557,24 @@ def test_predictor_needs_a_sam_model():
 def re_shape(shape) -> str:
     """A shape as it prints in a message, escaped for a regex."""
     return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+# ---------------------------------------------------------------------------------------------- Sam.forward
+
+
+def test_sam_forward_runs_without_autograd_like_the_official(small_pair):
+    """``Sam.__call__(batched_input, multimask_output)`` keeps no graph (the official forward is under no_grad),
+    and leaves the caller's grad mode as it was; the results are the official ones."""
+    official, ours = small_pair
+    record = {"image": torch.rand(3, 192, 256) * 255, "original_size": (H, W),
+              "point_coords": torch.tensor([[[50.0, 60.0]]]), "point_labels": torch.tensor([[1]]),
+              "boxes": torch.tensor([[10.0, 10.0, 100.0, 80.0]])}
+    assert torch.is_grad_enabled()
+    out = ours([record], multimask_output=True)[0]
+    assert torch.is_grad_enabled()
+    for name, value in out.items():
+        assert not value.requires_grad and value.grad_fn is None, name
+    want = official([record], multimask_output=True)[0]
+    for name in ("masks", "iou_predictions", "low_res_logits"):
+        assert torch.equal(out[name], want[name]), name
+    assert any(p.requires_grad for p in ours.parameters())  # the model itself is untouched: training still works

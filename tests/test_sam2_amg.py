@@ -101,6 +101,11 @@ def mask_iou(ours: list, official: list) -> np.ndarray:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter)).numpy()
 
 
+def record_types(records: list) -> set:
+    """The Python types of each record's area, bbox and crop_box values (as JSON / CSV writers see them)."""
+    return {(type(r["area"]), *(type(v) for v in r["bbox"] + r["crop_box"])) for r in records}
+
+
 def assert_same_records(ours: list, official: list, exact: bool) -> None:
     """Same number of masks; each mask of one list has one in the other with IoU >= 0.99, and its record
     (same prompt point and crop) has the same bbox, area, point and crop box, predicted IoU and stability
@@ -108,8 +113,8 @@ def assert_same_records(ours: list, official: list, exact: bool) -> None:
     assert len(ours) == len(official), (len(ours), len(official))
     for r in ours:
         assert set(r) == RECORD_KEYS
-        assert isinstance(r["area"], int) and all(isinstance(v, int) for v in r["bbox"] + r["crop_box"])
-        assert all(isinstance(v, float) for v in r["point_coords"][0])
+        assert isinstance(r["area"], int) and all(isinstance(v, float) for v in r["point_coords"][0])
+    assert record_types(ours) == record_types(official)  # bbox and crop_box floats, as the official's
     if not ours:
         return
     iou = mask_iou(ours, official)
@@ -153,6 +158,18 @@ def test_real_model_matches_official(pair, image, kwargs):
     ours, official = run_both(official_model, our_model, image, **kwargs)
     assert len(official) > 0
     assert_same_records(ours, official, exact=False)
+
+
+def test_record_types_are_the_official_floats(pair, image):
+    """The official SAM 2 generator turns every numeric column to float32 before making its records, so bbox and
+    crop_box are floats (with crops or without): ours are the same types, and values."""
+    official_model, our_model = pair
+    kwargs = dict(points_per_side=4, crop_n_layers=1, box_nms_thresh=1.0, crop_nms_thresh=0.9, **LOW)
+    ours, official = run_both(official_model, our_model, image, **kwargs)
+    assert record_types(official) == {(int, *[float] * 8)} and len(official) > 0
+    assert record_types(ours) == record_types(official)
+    key = lambda r: (r["crop_box"], r["point_coords"], r["bbox"])  # noqa: E731
+    assert sorted(map(key, ours)) == sorted(map(key, official))
 
 
 # ------------------------------------------------------------------------- fake decoder, both sides

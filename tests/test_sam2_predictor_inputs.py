@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sam2_oracle import SMALL_OVERRIDES
+from sam2_oracle import SMALL_OVERRIDES, make_sam2_pair
 
 from samforge import SAM2ImagePredictor, build_sam, build_sam2
 from samforge.predict.checks import ImageNotSetError
@@ -83,16 +83,16 @@ def test_nothing_set(model):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(point_coords=np.array([[1.0, 2.0]])), "point_labels must be supplied"),
+        (dict(point_coords=np.array([[1.0, 2.0]])), "point_labels must be given with point_coords"),
         (dict(point_labels=np.array([1])), "point_labels were given without point_coords"),
         (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([1, 0])), "point_labels must have shape (1,)"),
         (dict(point_coords=np.array([1.0, 2.0]), point_labels=np.array([1])), "point_coords must have shape Nx2"),
         (dict(point_coords=np.zeros((1, 3)), point_labels=np.array([1])), "point_coords must have shape Nx2"),
         (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([5])), "point_labels must be 1"),
-        (dict(point_coords=np.array([[W + 1.0, 2.0]]), point_labels=np.array([1])), "inside the image"),
+        (dict(point_coords=np.array([[1.0, 2.0], [3.0, 4.0]]), point_labels=np.array([1, 0.7])),
+         "point_labels must be 1 (foreground), 0 (background), -1 (ignore) or 2/3 (box corners), got [0.7, 1.0]"),
         (dict(point_coords=np.array([[np.nan, 2.0]]), point_labels=np.array([1])), "finite"),
-        (dict(point_coords=np.array([[10.0, 2.0]]), point_labels=np.array([1]), normalize_coords=False),
-         "inside the image (0 <= x <= 1, 0 <= y <= 1)"),
+        (dict(box=np.array([1.0, np.inf, 3.0, 4.0])), "box must be finite"),
         (dict(box=np.array([1.0, 2.0, 3.0])), "box must have shape (4,) or Bx4"),
         (dict(box=np.zeros((2, 2, 2))), "box must have shape (4,) or Bx4"),
         (dict(box=np.array([30.0, 2.0, 3.0, 40.0])), "x0 <= x1 and y0 <= y1"),
@@ -100,10 +100,14 @@ def test_nothing_set(model):
         (dict(mask_input=np.zeros((1, 256, 256), np.float32)), "mask_input must have shape (1, 64, 64)"),
         (dict(mask_input=np.zeros((64, 64), np.float32)), "mask_input must have shape (1, 64, 64)"),
         (dict(mask_input=np.zeros((3, 1, 64, 64), np.float32), box=np.array([[1, 2, 30, 40]] * 2)), "3 masks"),
+        (dict(mask_input=np.full((1, 64, 64), np.nan, np.float32)),
+         "mask_input must be finite, got 4096 NaN or inf value(s) of 4096"),
+        (dict(mask_input=np.pad(np.full((1, 1, 1, 1), -np.inf, np.float32), ((0, 1), (0, 0), (0, 63), (0, 63))),
+              box=np.array([[1, 2, 30, 40]] * 2)), "mask_input must be finite, got 1 NaN or inf value(s) of 8192"),
     ],
     ids=["coords-without-labels", "labels-without-coords", "labels-shape", "coords-1d", "coords-3-values",
-         "label-5", "point-outside", "point-nan", "normalized-outside", "box-3-values", "box-3d", "box-swapped",
-         "box-and-points-batch", "mask-wrong-size", "mask-2d", "mask-batch"],
+         "label-5", "label-0.7", "point-nan", "box-inf", "box-3-values", "box-3d", "box-swapped",
+         "box-and-points-batch", "mask-wrong-size", "mask-2d", "mask-batch", "mask-nan", "mask-batch-inf"],
 )
 def test_bad_prompts(predictor, kwargs, match):
     with pytest.raises(ValueError) as e:
@@ -156,3 +160,80 @@ def test_hole_filling_is_skipped_with_a_warning(model, image, predictor):
         plain = predictor.predict(**POINT)
     for a, b in zip(filled, plain):
         assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------ prompts outside the image
+OUTSIDE = {  # what the official predictor accepts: used as given
+    "point-x>W": dict(point_coords=np.array([[W + 1.0, 2.0], [10.0, 20.0]]), point_labels=np.array([1, 0])),
+    "box-overshooting": dict(box=np.array([-1.0, 0.0, W + 2.0, 30.0])),
+    "box-outside": dict(box=np.array([W + 5.0, 2.0, W + 40.0, 30.0]), multimask_output=False),
+    "batch": dict(point_coords=np.array([[[-4.0, 5.0]], [[20.0, H + 9.0]]]), point_labels=np.array([[1], [1]]),
+                  box=np.array([[-3.0, -3.0, 40.0, 50.0], [0.0, 0.0, W + 1.0, H + 1.0]])),
+    "normalized": dict(point_coords=np.array([[1.2, 0.5]]), point_labels=np.array([1]), normalize_coords=False),
+}
+
+
+@pytest.fixture(scope="module")
+def official_pair(image):
+    """(official, ours) SAM 2 predictors holding the same random weights, ``image`` set."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
+
+    official_model, our_model = make_sam2_pair("sam2.1_hiera_t", seed=3, overrides=SMALL_OVERRIDES)
+    official, ours = Official(official_model), SAM2ImagePredictor(our_model)
+    s = official_model.image_size  # the official predictor's feature sizes are those of a 1024 input
+    official._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    official.set_image(image)
+    ours.set_image(image)
+    return official, ours
+
+
+@pytest.mark.parametrize("name", list(OUTSIDE))
+def test_prompts_outside_the_image_are_used_as_the_official_uses_them(official_pair, name):
+    official, ours = official_pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ours.predict(**OUTSIDE[name])
+    want = official.predict(**OUTSIDE[name])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_predict_batch_outside_the_images_is_the_official_result(official_pair, image):
+    official, ours = official_pair
+    images = [image, image[:30]]
+    points = [np.array([[W + 3.0, 5.0]]), np.array([[5.0, 31.0]])]
+    labels = [np.array([1]), np.array([1])]
+    boxes = [np.array([-2.0, -2.0, 40.0, 50.0]), None]
+    results = []
+    for p in (ours, official):
+        p.set_image_batch(images)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.append(p.predict_batch(points, labels, boxes, multimask_output=False))
+        p.set_image(image)  # back for the other tests
+    for got, want in zip(*results):
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, warned",
+    [
+        (OUTSIDE["point-x>W"], "point_coords: a point lies outside the image"),
+        (OUTSIDE["box-overshooting"], None),
+        (OUTSIDE["box-outside"], "box: a box lies entirely outside the image"),
+        (OUTSIDE["normalized"], "point_coords: a point lies outside the image"),
+        (dict(point_coords=np.array([[1.0, 0.5]]), point_labels=np.array([1]), normalize_coords=False), None),
+    ],
+    ids=["point", "box-overshooting", "box-outside", "normalized", "normalized-inside"],
+)
+def test_a_warning_only_for_a_prompt_entirely_outside(predictor, kwargs, warned):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor.predict(**kwargs)
+    messages = [str(w.message) for w in caught]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(warned)
+        assert caught[0].filename == __file__  # attributed to the caller's line

@@ -4,6 +4,8 @@ and its own behaviour: lazy frames, bounded memory, hole filling, bad input."""
 from __future__ import annotations
 
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -289,9 +291,9 @@ def test_bad_input_is_refused_and_nothing_is_lost(predictors, clip_dir, tmp_path
     before = [m.clone() for _, _, m in ours.propagate_in_video(state)]
     with pytest.raises(IndexError, match="out of range"):
         ours.add_new_points_or_box(state, T, 1, points=[[30, 40]], labels=[1])
-    with pytest.raises(ValueError, match="N x 2"):
+    with pytest.raises(ValueError, match="points must have shape Nx2"):
         ours.add_new_points_or_box(state, 1, 1, points=[[30, 40, 1]], labels=[1])
-    with pytest.raises(ValueError, match="one label per point"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(1,\) to match points"):
         ours.add_new_points_or_box(state, 1, 1, points=[[30, 40]], labels=[1, 0])
     with pytest.raises(ValueError, match="box"):
         ours.add_new_points_or_box(state, 1, 1, box=[1, 2, 3])
@@ -304,6 +306,59 @@ def test_bad_input_is_refused_and_nothing_is_lost(predictors, clip_dir, tmp_path
     assert state["obj_ids"] == [1]  # no object was created by the refused calls
     after = [m for _, _, m in ours.propagate_in_video(state)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(points=[[30, 40], [50, 60]], labels=[1, 0.7]), ValueError,
+         "labels must be 1 (foreground), 0 (background), -1 (ignore) or 2/3 (box corners), got [0.7, 1.0]"),
+        (dict(points=[[30, 40]], labels=[2.9]), ValueError, "got [2.9]"),
+        (dict(points=[[30, 40]], labels=[7]), ValueError, "got [7]"),
+        (dict(points=[[np.nan, 40]], labels=[1]), ValueError, "points must be finite"),
+        (dict(points=[[30, 40]], labels=[1], box=[10, 50, 40, 20]), ValueError,
+         "box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got [[10.0, 50.0, 40.0, 20.0]]"),
+        (dict(box=[50, 5, 40, 20]), ValueError, "x0 <= x1 and y0 <= y1"),
+        (dict(box=[1, 2, np.inf, 4]), ValueError, "box must be finite"),
+        (dict(box=[1, 2, 3]), ValueError, "box must be 4 numbers [x0, y0, x1, y1], got shape (3,)"),
+        (dict(points=np.zeros((2, 1, 2)), labels=np.ones((2, 1))), ValueError, "for one object"),
+        (dict(obj_id=[1], points=[[30, 40]], labels=[1]), TypeError, "obj_id must be hashable (an int, usually), got list"),
+    ],
+    ids=["label-0.7", "label-2.9", "label-7", "point-nan", "box-y0>y1", "box-x0>x1", "box-inf", "box-3", "two-objects",
+         "obj-id-list"],
+)
+def test_video_prompts_are_checked_as_the_image_predictors_check_them(predictors, clip_dir, kwargs, error, message):
+    _, ours = predictors
+    state = ours.init_state(clip_dir)
+    kwargs = {"obj_id": 1, **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        ours.add_new_points_or_box(state, 0, **kwargs)
+    assert state["obj_ids"] == []  # nothing was created
+
+
+@pytest.mark.parametrize(
+    "kwargs, warned",
+    [
+        (dict(points=np.array([[W + 5, 40], [35, 44]]), labels=np.array([1, 1])), "points: a point lies outside"),
+        (dict(box=np.array([-4, -2, 70, H + 3])), None),  # overshoots the border, as detector boxes do
+        (dict(box=np.array([W + 1, 10, W + 30, 50])), "box: a box lies entirely outside the image"),
+        (dict(points=np.array([[1.5, 0.5]]), labels=np.array([1]), normalize_coords=False), "points: a point lies"),
+    ],
+    ids=["point-outside", "box-overshooting", "box-outside", "normalized-outside"],
+)
+def test_prompts_outside_the_frame_are_used_as_the_official_uses_them(predictors, clip_dir, kwargs, warned):
+    official, ours = predictors
+    results = []
+    for p in (ours, official):
+        state = p.init_state(clip_dir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results.append(p.add_new_points_or_box(state, 0, 1, **kwargs))
+        if p is ours:
+            messages = [str(w.message) for w in caught]
+            assert (messages == []) if warned is None else (len(messages) == 1 and messages[0].startswith(warned))
+    (f1, ids1, m1), (f2, ids2, m2) = results
+    assert (f1, list(ids1)) == (f2, list(ids2)) and torch.equal(m1, m2)
 
 
 def test_real_hiera_tiny_shapes(clip_dir):

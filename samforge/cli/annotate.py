@@ -9,8 +9,12 @@ Export (button or ``e`` on the page, or ``--export-only``): ``OUT/export/annotat
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from samforge.cli.common import add_model_args, load_model
+from samforge.cli.common import add_model_args, load_model, prepare_out_dir
+
+if TYPE_CHECKING:  # the web stack is imported only when the annotator runs
+    from samforge.serve.store import AnnotationStore
 
 DEFAULT_LABELS = ("object",)
 
@@ -53,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"samforge annotate needs FastAPI and uvicorn ({e}): pip install 'samforge[annotate]'") from e
 
     labels = check_labels(args.labels.split(","))
+    prepare_out_dir(args.out)
     if args.export_only:
-        result = AnnotationStore(args.out, ImageFolder(args.images_dir), labels).export()
+        store = AnnotationStore(args.out, ImageFolder(args.images_dir), labels)
+        _report_removed(store)
+        result = store.export()
         print(f"exported {result['objects']} objects on {result['images']} images: wrote {result['folder']}")
         return 0
     warning = check_host(args.host, args.allow_remote)  # before the (slow) model load
@@ -67,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(model, args.images_dir, args.out, labels, model_name=args.model_type or "checkpoint",
                      cache_size=args.cache_size, everything={"points_per_side": args.points_per_side},
                      allowed_hosts=allowed_hosts(args.host))
+    _report_removed(app.state.annotator.store)
     if warning:
         print(warning, flush=True)
     serve(app, args.host, args.port, allow_remote=args.allow_remote)
     return 0
+
+
+def _report_removed(store: AnnotationStore) -> None:
+    """Say which temporaries of earlier, killed annotators the store removed when it opened."""
+    for path in store.removed_temporaries:
+        print(f"removed {path}, a temporary file left by a killed annotator", flush=True)

@@ -1,11 +1,13 @@
 """``samforge evaluate``: a checkpoint on a dataset.
 
 * ``--data`` (images; SAM or SAM 2): every prompt protocol of SAM's evaluation -> ``metrics.json`` (stable keys),
-  ``per_image.csv``, ``best_worst.png``.
+  ``per_image.csv``, ``best_worst.png``; ``--prompts stored``: the prompts stored with the data instead.
 * ``--video`` (SAM 2): tracking from each object's first frame -> ``video_metrics.json`` (J, F, J&F),
   ``per_object.csv``, ``overlay.png``.
 * ``--volumes`` (SAM 2): each object prompted on its largest slice and propagated both ways -> 3D Dice/IoU in
   ``volume_metrics.json``, ``per_object.csv``, ``overlay.png``.
+
+``--split RUN_DIR`` keeps only the cases that training run held out (its ``split.json``).
 
 With a baseline (``--baseline``, or the base model itself when ``--adapter`` is given) the baseline is evaluated
 the same way into ``--out/baseline/``, and ``comparison.json`` and ``before_after.png`` show the two side by side.
@@ -17,8 +19,9 @@ import argparse
 import copy
 from pathlib import Path
 
-from samforge.cli.common import add_model_args, load_model
+from samforge.cli.common import add_model_args, load_model, prepare_out_dir
 from samforge.data.readers import open_dataset, summarize_bad_samples
+from samforge.data.split import read_split, split_datasets
 from samforge.evaluate import evaluate_dataset, format_table
 from samforge.evaluate.compare import (before_after_png, compare_metrics, compare_scalars, format_comparison,
                                        format_scalar_comparison, write_comparison)
@@ -30,6 +33,7 @@ from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
 from samforge.predict.sam2_video_predictor import video_predictor_for
 from samforge.train.adapter_file import load_adapter
+from samforge.weights import resolve_checkpoint
 
 MAX_BAD_SHOWN = 10
 
@@ -44,14 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--data", default=None,
-                   help="COCO JSON file, image+mask folder, .npz, or synthetic[:N[:SIZE]]")
+                   help="COCO JSON file, image+mask folder, .npz, refuge:PATH (REFUGE fundus: adds disc/cup Dice "
+                   "and IoU as Medical-SAM2 reports them), or synthetic[:N[:SIZE]] / synthetic-fundus[:N[:SIZE]]")
     p.add_argument("--video", default=None, metavar="DATA",
                    help="evaluate video tracking (SAM 2) instead: a DAVIS-layout folder (JPEGImages/, Annotations/) "
                    "or synthetic-video[:N[:SIZE[:FRAMES[:SEED]]]]; writes video_metrics.json (J, F, J&F), "
                    "per_object.csv and overlay.png")
     p.add_argument("--volumes", default=None, metavar="DATA",
                    help="evaluate 3D segmentation of volumes (SAM 2) instead: MedSAM .npz volume(s), a NIfTI folder "
-                   "(images/ + labels/), or synthetic-medical-volume[:N[:SIZE[:DEPTH[:SEED]]]]; each object is "
+                   "(images/ of NIfTI volumes or DICOM series folders + labels/), or "
+                   "synthetic-medical-volume[:N[:SIZE[:DEPTH[:SEED]]]]; each object is "
                    "prompted on its largest slice and propagated both ways; writes volume_metrics.json (3D Dice, "
                    "IoU), per_object.csv and overlay.png")
     p.add_argument("--axis", type=int, default=None,
@@ -60,6 +66,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --video: each object's prompt on its first visible frame; with --volumes (box or "
                    "point): on its largest slice (default: box)")
     p.add_argument("--images", default=None, help="folder of the COCO images (default: beside the JSON)")
+    p.add_argument("--split", default=None, metavar="RUN_DIR",
+                   help="evaluate on exactly the cases a training run held out: RUN_DIR/split.json (or the file "
+                   "itself), written by samforge train/finetune when no validation data was given. Alone it "
+                   "evaluates the images of the split's data; with --data/--volumes/--video DATA, that data's "
+                   "held-out cases (e.g. the same folder moved)")
+    p.add_argument("--prompts", default="simulated", choices=["simulated", "stored"],
+                   help="with --data: simulated (default) runs SAM's prompt protocols and the interactive clicks; "
+                   "stored prompts each object with the points/box stored with the data (annotations/<image>.json "
+                   "or dataset_info.json beside images/ and masks/; see samforge.data.stored_prompts) -> the "
+                   "'stored' mIoU/Dice in metrics.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N images (clips with --video, volumes with --volumes)")
@@ -75,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    split = None
+    if args.split is not None:  # the run's held-out cases; alone, of the images of the data it split
+        split = read_split(args.split)
+        if all(getattr(args, m) is None for m in ("data", "video", "volumes")):
+            args.data = split.data
     modes = [m for m in ("data", "video", "volumes") if getattr(args, m) is not None]
     if len(modes) != 1:
         raise ValueError(f"give exactly one of --data (images), --video (clips) or --volumes (3D), got "
@@ -83,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+    for flag in ("checkpoint", "baseline"):  # an official name, URL or hub id -> its verified cached file
+        if getattr(args, flag) is not None:
+            setattr(args, flag, str(resolve_checkpoint(getattr(args, flag), what=f"--{flag} file")))
     for flag, path in (("--checkpoint", args.checkpoint), ("--baseline", args.baseline), ("--adapter", args.adapter)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} file not found: {path}")
@@ -92,12 +116,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--images (the images of a COCO json) applies to --data only")
     if args.axis is not None and args.volumes is None:
         raise ValueError("--axis applies to --volumes only")
+    if args.prompts != "simulated" and args.data is None:
+        raise ValueError(f"--prompts {args.prompts} applies to --data (images) only")
     if args.data is not None and args.prompt != "box":
         raise ValueError("--prompt applies to --video and --volumes; --data evaluates every prompt protocol")
     if args.volumes is not None and args.prompt not in VOLUME_PROMPTS:
         raise ValueError(f"--volumes takes --prompt {' or '.join(VOLUME_PROMPTS)}, got {args.prompt!r}")
 
+    prepare_out_dir(args.out)
     dataset = _open_data(args)  # before the (slow) model load: bad data fails fast
+    if split is not None:
+        spec = getattr(args, modes[0])
+        dataset = split_datasets(dataset, split, spec)[1]
+        print(f"evaluating on the {len(split.val_cases)} held-out cases of {spec} in {args.split} "
+              f"({len(dataset)} {'images' if args.data is not None else 'clips'})")
     model, baseline = _models(args)
     if args.data is None and not isinstance(model, SAM2Base):
         raise ValueError(f"--{modes[0]} needs a SAM 2 model (--model sam2.1_hiera_t, or a SAM 2 checkpoint), got a "
@@ -149,12 +181,16 @@ def _models(args: argparse.Namespace) -> tuple[Sam | SAM2Base, Sam | SAM2Base | 
 
 
 def _eval_images(model, dataset, args):
-    result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images)
+    result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images, prompts=args.prompts)
     for line in result.skipped[:MAX_BAD_SHOWN]:
         print(f"skipped {line}")
     if len(result.skipped) > MAX_BAD_SHOWN:
         print(f"... and {len(result.skipped) - MAX_BAD_SHOWN} more skipped objects")
     print(format_table(result.to_metrics_dict()))
+    if result.refuge is not None:  # REFUGE-like data (disc, cup): what Medical-SAM2 reports, in metrics.json too
+        from samforge.evaluate.refuge_metrics import format_refuge_table
+
+        print(format_refuge_table(result.refuge))
     return result
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from samforge.cli.common import prepare_out_dir
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.load import load_model
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
+from samforge.weights import resolve_checkpoint
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model for deployment (ONNX)")
@@ -68,8 +70,8 @@ def run_onnx(args: argparse.Namespace) -> int:
     if args.model_type is not None and args.model_type not in ("default", *SAM_CONFIGS, *SAM2_CONFIGS):
         raise ValueError(f"--model-type must be one of {['default', *SAM_CONFIGS, *SAM2_CONFIGS]}, "
                          f"got {args.model_type!r}")
-    out = check_out_dir(args.out)
-    checkpoint = Path(args.checkpoint)
+    out = check_out_dir(prepare_out_dir(args.out))  # the message every subcommand gives; then the exporter's own
+    checkpoint = resolve_checkpoint(args.checkpoint, what="--checkpoint")  # a name, URL or hub id -> a file
     if not checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint not found: {checkpoint}")
     if args.adapter is not None and not Path(args.adapter).is_file():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samforge.cli.common import add_model_args, add_precision_arg, load_model, parse_floats
+from samforge.cli.common import add_model_args, add_precision_arg, load_model, parse_floats, prepare_out_dir
 from samforge.data.image_io import read_image_rgb
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
@@ -49,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     image = read_image_rgb(args.image)
     # check the prompts against the image before the (slow) model load and image embedding
     if coords is not None:
-        coords, labels = check_points(coords, labels, image.shape[:2])  # labels: 1, 0 or -1 (not 0.5 -> 0)
+        # labels: 1, 0 or -1 (not 0.5 -> 0); the command line refuses prompts past the image (the API accepts them)
+        coords, labels = check_points(coords, labels, image.shape[:2], outside="refuse")
     if box is not None:
-        check_box(box, image.shape[:2])
+        check_box(box, image.shape[:2], outside="refuse")
+    prepare_out_dir(args.out)
     model = load_model(args)
     result = predict_to_folder(
         model, image, Path(args.out), coords, labels, box, multimask_output=not args.single_mask,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samforge.cli.common import prepare_out_dir
 from samforge.cli.predict import predict_to_folder
 from samforge.cli.synth import write_scenes
 from samforge.data.prompts import interior_point, mask_to_box
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = prepare_out_dir(args.out)
     val_dir = out / "data" / "val"
     if not (val_dir / "masks").is_dir() or len(list((val_dir / "masks").glob("*.png"))) < args.val_images:
         print(f"1/4 writing {args.val_images} held-out synthetic scenes to {val_dir}")

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from samforge.cli.common import add_model_args, add_precision_arg, load_model
+from samforge.cli.common import add_model_args, add_precision_arg, load_model, prepare_out_dir
 from samforge.data.bad_samples import natural_key
 from samforge.data.image_io import IMAGE_SUFFIXES, read_image_rgb
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
@@ -44,7 +44,7 @@ from samforge.predict.amg_outputs import (
 )
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
-from samforge.utils.atomic import atomic_path, atomic_write_bytes, save_png
+from samforge.utils.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries, save_png
 from samforge.viz.overlay import PALETTE, draw_overlay
 
 SUBDIRS = ("masks", "labels", "overlays")
@@ -239,9 +239,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs = _check_flags(args)
     images_dir = Path(args.images_dir)
     images, skipped = scan_folder(images_dir)
-    out = Path(args.out)
+    out = prepare_out_dir(args.out)
     for d in SUBDIRS:
         (out / d).mkdir(parents=True, exist_ok=True)
+    for removed in remove_stale_temporaries([out, *(out / d for d in SUBDIRS)]):
+        print(f"removed {removed.name}, a temporary file left by a killed run")
     settings = _settings(args, kwargs)
     _check_settings(out, settings)
 

@@ -15,7 +15,8 @@ Accepted forms of ``spec``:
   16 slices, seed 0): :func:`~samforge.data.synthetic_medical_volume.make_medical_volume`, on the fly.
 * a MedSAM ``.npz`` file or a folder of them (``imgs`` D x H x W or D x H x W x 3, ``gts`` D x H x W): each
   volume is a clip of its slices along ``axis`` (default 0); a 2D file (``imgs`` H x W) is a one-frame clip.
-* a folder with ``images/`` of ``.nii``/``.nii.gz`` volumes and ``labels/`` (or ``masks/``): each pair (paired
+* a folder with ``images/`` of ``.nii``/``.nii.gz`` volumes or DICOM series folders (``images/<case>/*.dcm``) and
+  ``labels/`` (or ``masks/``) of NIfTI labels: each pair (paired
   as :class:`~samforge.data.nifti_dataset.NiftiDataset` pairs them) is a clip of its slices along ``axis``
   (default 2) with its windowing (``window=(level, width)``) or percentile normalisation.
 * anything :func:`~samforge.data.readers.open_dataset` reads (``synthetic[...]``, ``synthetic-medical[...]``,
@@ -36,7 +37,7 @@ import numpy as np
 
 from samforge.data.bad_samples import raise_if_no_samples
 from samforge.data.davis_dataset import DavisDataset, VideoClip, open_video_dataset
-from samforge.data.nifti_dataset import NiftiDataset, nifti_files
+from samforge.data.nifti_dataset import NiftiDataset, volume_files
 from samforge.data.npz_dataset import NpzDataset, to_uint8_rgb
 from samforge.data.readers import ACCEPTED_FORMS, open_dataset
 from samforge.data.sample import BadSample
@@ -394,8 +395,18 @@ class ImageClipDataset(_ClipDatasetBase):
         self.bad_samples: list = list(getattr(source, "bad_samples", []))
         self._names = list(getattr(source, "names", [f"image {i}" for i in range(len(source))]))
 
+    @property
+    def case_names(self) -> list:
+        """The 2D dataset's cases (one per image unless it declares ``case_names``)."""
+        from samforge.data.split import case_names
+
+        return case_names(self.samples) if hasattr(self.samples, "names") else self.names
+
     def __getitem__(self, i: int) -> Clip:
         s = self.samples[self._check_index(i)]
+        if s.soft_masks is not None:  # never binarised silently
+            raise ValueError(f"{s.name}: soft targets (rater=mean) are trained by SAM (v1) models only; for SAM 2 "
+                             "use rater=majority, rater=K or rater=all")
         return Clip(s.name, s.image[None], list(range(1, len(s.masks) + 1)), masks=s.masks[None])
 
 
@@ -442,7 +453,7 @@ def open_clip_dataset(spec: str | os.PathLike, *, axis: int | None = None, windo
         if spec == "synthetic-video" or spec.startswith("synthetic-video:"):
             refuse("axis/window/percentiles/images", axis is None and not is_nifti_opt and images is None)
             return VideoClipDataset(spec)
-        if spec.split(":")[0] in ("synthetic", "synthetic-medical"):
+        if spec.split(":")[0] in ("synthetic", "synthetic-medical", "synthetic-fundus", "refuge"):
             refuse("axis/window/percentiles/images", axis is None and not is_nifti_opt and images is None)
             return ImageClipDataset(spec)
     path = Path(spec)
@@ -451,7 +462,7 @@ def open_clip_dataset(spec: str | os.PathLike, *, axis: int | None = None, windo
     if path.is_dir() and (path / "JPEGImages").is_dir() and (path / "Annotations").is_dir():
         refuse("axis/window/percentiles/images", axis is None and not is_nifti_opt and images is None)
         return VideoClipDataset(path)
-    if path.is_dir() and (path / "images").is_dir() and nifti_files(path / "images"):
+    if path.is_dir() and (path / "images").is_dir() and volume_files(path / "images"):
         refuse("images", images is None)
         return NiftiClipDataset(path, axis=2 if axis is None else axis, window=window, percentiles=percentiles)
     is_npz = (path.is_file() and path.suffix.lower() == ".npz") or (

@@ -5,6 +5,12 @@ Input: a folder with ``images/`` and ``labels/`` (or ``masks/``) whose volumes p
 ``labels/case01.nii.gz``; each channel file ``_0000``, ``_0001``, ... pairs with the same label), or an
 explicit list of ``(image path, label path)`` pairs.
 
+DICOM: an image may also be a DICOM series folder (``images/case01/*.dcm``, read by
+:func:`~samforge.data.dicom.read_dicom_series`: slices ordered along the normal, CT in HU, the array in
+dicom2nifti's order) paired by its folder name with a NIfTI label volume (``labels/case01.nii.gz``). The label's
+voxels must be the series' voxels: the same affine, or one that differs by an axis order or flips (a label drawn on
+a reoriented NIfTI conversion is put back in the series' order); a label on another grid is a bad pair.
+
 * Slicing: every slice along ``axis`` (0, 1 or 2; default 2, axial for RAS-oriented volumes) with at
   least one object is a sample, named ``<image path>[axis=A,z=I]`` (``z`` = index along ``axis``). The
   slice is the other two axes in array order, as stored (no reorientation). Slices without an object
@@ -34,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from samforge.data.bad_samples import natural_key, raise_if_no_samples
+from samforge.data.dicom import dicom_series_folders, label_orientation, read_dicom_series, scan_dicom_series
 from samforge.data.sample import BadSample, Sample
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -46,6 +53,7 @@ class _Volume:
     image: Path
     label: Path
     shape: tuple[int, int, int]
+    label_ornt: np.ndarray | None = None  # DICOM images: puts the label's axes in the series' order
 
 
 @dataclass
@@ -68,6 +76,16 @@ def nifti_files(folder: Path) -> list[Path]:
     """The NIfTI files directly in ``folder`` (hidden files left out), in natural name order."""
     return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and nifti_stem(p) is not None), key=lambda p: natural_key(p.name))
+
+
+def volume_files(folder: Path) -> list[Path]:
+    """The image volumes directly in ``folder``: NIfTI files, then DICOM series folders (natural name order)."""
+    return nifti_files(folder) + dicom_series_folders(folder)
+
+
+def volume_stem(path: Path) -> str | None:
+    """The case name of a volume: a NIfTI file's name without its suffix, a DICOM series folder's name."""
+    return path.name if path.is_dir() else nifti_stem(path)
 
 
 def _load_proxy(path: Path):
@@ -102,12 +120,22 @@ def _read(proxy) -> np.ndarray:
 
 
 def read_volume(path: Path, labels: bool = False) -> np.ndarray:
-    """The 3D array of a NIfTI file (integers for a label volume); raises ``ValueError`` naming the file."""
+    """The 3D array of a NIfTI file or a DICOM series folder (integers for a label volume); raises
+    ``ValueError`` naming the file."""
+    if path.is_dir():
+        arr = read_dicom_series(path)[0]  # its errors name the folder and the file
+        return _integer_labels(arr) if labels else arr
     try:
         arr = _read(_load_proxy(path))
         return _integer_labels(arr) if labels else arr
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def _apply_orientation(lab: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    from nibabel.orientations import apply_orientation
+
+    return np.ascontiguousarray(apply_orientation(lab, ornt))
 
 
 def _integer_labels(lab: np.ndarray) -> np.ndarray:
@@ -218,8 +246,8 @@ class NiftiDataset:
         labels = {nifti_stem(p): p for p in nifti_files(label_dir)}  # x.nii.gz sorts after (wins over) x.nii
         used: set[str] = set()
         pairs = []
-        for image in nifti_files(image_dir):
-            stem = nifti_stem(image)
+        for image in volume_files(image_dir):
+            stem = volume_stem(image)
             m = _NNUNET_CHANNEL.fullmatch(stem)
             key = stem if stem in labels else (m[1] if m and m[1] in labels else None)
             if key is None:
@@ -235,25 +263,34 @@ class NiftiDataset:
 
     def _scan(self, image: Path, label: Path) -> None:
         """Index the slices of one volume pair that hold objects, or record why the pair is bad."""
+        series = ornt = None
         try:
-            img_proxy = _load_proxy(image)
-            img_shape = _shape3d(img_proxy.shape)
+            if image.is_dir():
+                series = scan_dicom_series(image)
+                img_shape = series.shape
+            else:
+                img_proxy = _load_proxy(image)
+                img_shape = _shape3d(img_proxy.shape)
         except ValueError as e:
-            return self._bad(image, str(e))
+            return self._bad(image, str(e).removeprefix(f"{image}: "))
         try:
             lab_proxy = _load_proxy(label)
             lab_shape = _shape3d(lab_proxy.shape)
+            if series is not None:
+                ornt = label_orientation(lab_proxy.affine, lab_shape, series)
+                lab_shape = img_shape
         except ValueError as e:
             return self._bad(label, str(e))
         if img_shape != lab_shape:
             return self._bad(image, f"image shape {img_shape} differs from label {label} shape {lab_shape} "
                                     f"(they must match voxel for voxel)")
-        if np.dtype(img_proxy.get_data_dtype()).kind not in "biuf":
+        if series is None and np.dtype(img_proxy.get_data_dtype()).kind not in "biuf":
             return self._bad(image, f"image must hold numbers, got dtype {img_proxy.get_data_dtype()}")
         try:
             lab = _integer_labels(_read(lab_proxy))
         except ValueError as e:
             return self._bad(label, str(e))
+        lab = lab if ornt is None else _apply_orientation(lab, ornt)
         per_slice = self._slice_labels(lab)
         if not per_slice:
             what = "" if self.keep_labels is None else f" with one of the labels {self.keep_labels.tolist()}"
@@ -261,7 +298,7 @@ class NiftiDataset:
                                     f"along axis {self.axis}")
         self.skipped_empty_slices += lab.shape[self.axis] - len(per_slice)
         v = len(self._volumes)
-        self._volumes.append(_Volume(image, label, img_shape))
+        self._volumes.append(_Volume(image, label, img_shape, ornt))
         self._entries.extend(_Entry(v, z, values) for z, values in per_slice)
 
     def _slice_labels(self, lab: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -288,6 +325,11 @@ class NiftiDataset:
     @property
     def names(self) -> list[str]:
         return [self._name(e) for e in self._entries]
+
+    @property
+    def case_names(self) -> list[str]:
+        """The case of each slice: its image volume (a split by case keeps a scan's slices on one side)."""
+        return [str(self._volumes[e.volume].image) for e in self._entries]
 
     def _name(self, e: _Entry) -> str:
         return f"{self._volumes[e.volume].image}[axis={self.axis},z={e.z}]"
@@ -323,6 +365,7 @@ class NiftiDataset:
         vol = self._volumes[v]
         img = read_volume(vol.image)
         lab = read_volume(vol.label, labels=True)
+        lab = lab if vol.label_ornt is None else _apply_orientation(lab, vol.label_ornt)
         if img.shape != vol.shape or lab.shape != vol.shape:
             raise ValueError(f"{vol.image}: changed on disk since the dataset was opened")
         loaded = (scale_to_uint8(img, *self._intensity_range(img)), lab)

@@ -132,6 +132,11 @@ class NpzDataset:
     def names(self) -> list[str]:
         return [self._name(e) for e in self._entries]
 
+    @property
+    def case_names(self) -> list[str]:
+        """The case of each sample: its file (a split by case keeps a volume's slices on one side)."""
+        return [str(e.path) for e in self._entries]
+
     @staticmethod
     def _name(e: _Entry) -> str:
         return str(e.path) if e.z is None else f"{e.path}[{e.z}]"

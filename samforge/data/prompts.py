@@ -107,3 +107,28 @@ def _distance_to_boundary(region: np.ndarray) -> np.ndarray:
     """Euclidean distance of each pixel of ``region`` to the nearest pixel outside it (or off the image)."""
     padded = np.pad(region, 1).astype(np.uint8)
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def pack_stored_prompts(prompts: list, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                   np.ndarray | None]:
+    """N objects' stored prompts (:class:`~samforge.data.stored_prompts.StoredPrompt`) as one batch: point coords
+    N x P x 2 and labels N x P (an object with fewer points is padded with label -1, SAM's "not a point"), and boxes
+    N x 4 (a row of NaN for an object without a box); unused parts None. ``names[n]`` names object ``n``'s image
+    for the error raised when an object has no stored prompt."""
+    if len(prompts) != len(names):
+        raise ValueError(f"names: expected one per prompt ({len(prompts)}), got {len(names)}")
+    missing = [f"{name} object {n}" for n, (p, name) in enumerate(zip(prompts, names)) if p is None]
+    if missing:
+        raise ValueError(f"prompts.source=stored, but {len(missing)} object(s) have no stored prompt "
+                         f"(annotations/<image>.json or dataset_info.json), e.g. {missing[:3]}")
+    coords = labels = boxes = None
+    most = max((0 if p.points is None else len(p.points)) for p in prompts)
+    if most:
+        coords = np.zeros((len(prompts), most, 2), dtype=np.float64)
+        labels = np.full((len(prompts), most), -1, dtype=np.int64)
+        for n, p in enumerate(prompts):
+            if p.points is not None:
+                coords[n, : len(p.points)], labels[n, : len(p.points)] = p.points, p.labels
+    if any(p.box is not None for p in prompts):
+        boxes = np.stack([np.full(4, np.nan) if p.box is None else p.box for p in prompts])
+    return coords, labels, boxes

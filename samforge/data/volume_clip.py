@@ -1,9 +1,12 @@
 """A 3D scan as a clip of slices for SAM 2 tracking (the MedSAM2 use), and its 3D mask written back.
 
-``read_volume_clip`` reads a NIfTI file (``.nii``/``.nii.gz``, nibabel) or a MedSAM-style ``.npz`` (``imgs``:
-``D x H x W``), slices it along ``axis`` and maps intensities to uint8 RGB frames (CT ``window=(level, width)`` or
-MR percentiles, as ``NiftiDataset`` does). ``write_volume_mask`` puts a ``T x H x W`` label stack back in the
-volume's axis order and writes it atomically: NIfTI with the input's affine and header, or ``.npz`` (``gts``).
+``read_volume_clip`` reads a NIfTI file (``.nii``/``.nii.gz``, nibabel), a DICOM series folder (``.dcm`` files of
+one series, or a folder holding one series folder: :mod:`samforge.data.dicom`, CT in HU, with the series' RAS
+affine) or a MedSAM-style ``.npz`` (``imgs``: ``D x H x W``), slices it along ``axis`` and maps intensities to
+uint8 RGB frames (CT ``window=(level, width)`` or MR percentiles, as ``NiftiDataset`` does).
+``write_volume_mask`` puts a ``T x H x W`` label stack back in the volume's axis order and writes it atomically:
+NIfTI with the input's affine and header (a DICOM input: the series' affine, as scanner coordinates), or ``.npz``
+(``gts``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from samforge.data.dicom import is_dicom_series, read_dicom_series, resolve_series_folder
 from samforge.data.nifti_dataset import DEFAULT_PERCENTILES, nifti_stem, read_volume, scale_to_uint8
 from samforge.utils.atomic import atomic_path, atomic_write_bytes
 
@@ -28,12 +32,16 @@ class VolumeClip:
     axis: int  # the volume axis the slices were taken along
     shape: tuple[int, int, int]  # the volume's shape
     path: Path
-    affine: np.ndarray | None = None  # NIfTI only
+    affine: np.ndarray | None = None  # NIfTI and DICOM only
     header: Any = None  # NIfTI only
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a volume: a ``.nii``/``.nii.gz``/``.npz`` file name, or a folder holding a DICOM
+    series (directly or as its one subfolder)."""
     name = Path(path).name.lower()
+    if Path(path).is_dir():
+        return is_dicom_series(path) or any(is_dicom_series(p) for p in Path(path).iterdir() if p.is_dir())
     return any(name.endswith(s) for s in VOLUME_SUFFIXES)
 
 
@@ -60,15 +68,19 @@ def _intensities_to_uint8(vol: np.ndarray, window: tuple[float, float] | None,
 
 def read_volume_clip(path: str | os.PathLike, axis: int = 2, window: tuple[float, float] | None = None,
                      percentiles: tuple[float, float] | None = None) -> VolumeClip:
-    """A volume file as uint8 RGB slices along ``axis`` (0, 1 or 2). Raises ``ValueError`` naming the file
-    when it is unreadable or not 3-D."""
+    """A volume file (or DICOM series folder) as uint8 RGB slices along ``axis`` (0, 1 or 2). Raises
+    ``ValueError`` naming the file when it is unreadable or not 3-D."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"volume {path} does not exist")
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool) or not 0 <= axis <= 2:
         raise ValueError(f"axis: expected 0, 1 or 2, got {axis!r}")
     affine = header = None
-    if nifti_stem(path) is not None:
+    if path.is_dir():
+        path = resolve_series_folder(path)
+        vol, series = read_dicom_series(path)
+        affine = series.affine
+    elif nifti_stem(path) is not None:
         import nibabel as nib
 
         try:
@@ -104,7 +116,7 @@ def read_volume_clip(path: str | os.PathLike, axis: int = 2, window: tuple[float
 
 def write_volume_mask(labels: np.ndarray, clip: VolumeClip, path: str | os.PathLike) -> Path:
     """Write a ``T x H x W`` label stack (the clip's slice order) as a volume shaped like the input: NIfTI
-    (``.nii``/``.nii.gz``, the input's affine; needs a NIfTI input) or ``.npz`` (``gts``). Atomic."""
+    (``.nii``/``.nii.gz``, the input's affine; needs a NIfTI or DICOM input) or ``.npz`` (``gts``). Atomic."""
     path = Path(path)
     labels = np.asarray(labels)
     expected = (clip.frames.shape[0], *clip.frames.shape[1:3])
@@ -118,13 +130,20 @@ def write_volume_mask(labels: np.ndarray, clip: VolumeClip, path: str | os.PathL
     vol = vol.astype(dtype)
     if nifti_stem(path) is not None:
         if clip.affine is None:
-            raise ValueError(f"{path}: a NIfTI mask needs a NIfTI input to take its affine from ({clip.path})")
+            raise ValueError(f"{path}: a NIfTI mask needs a NIfTI input (or a DICOM series) to take its affine "
+                             f"from ({clip.path})")
         import nibabel as nib
 
-        header = clip.header.copy()
-        header.set_data_dtype(dtype)
-        header["scl_slope"], header["scl_inter"] = 1, 0  # labels are stored as they are
-        data = nib.Nifti1Image(vol, clip.affine, header).to_bytes()
+        if clip.header is not None:
+            header = clip.header.copy()
+            header.set_data_dtype(dtype)
+            header["scl_slope"], header["scl_inter"] = 1, 0  # labels are stored as they are
+            image = nib.Nifti1Image(vol, clip.affine, header)
+        else:  # a DICOM input: its affine, in scanner coordinates, as sform and qform
+            image = nib.Nifti1Image(vol, clip.affine)
+            image.set_sform(clip.affine, code="scanner")
+            image.set_qform(clip.affine, code="scanner")
+        data = image.to_bytes()
         atomic_write_bytes(path, gzip.compress(data) if path.name.lower().endswith(".gz") else data)
     elif path.suffix.lower() == ".npz":
         with atomic_path(path) as tmp:

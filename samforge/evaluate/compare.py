@@ -14,6 +14,7 @@ import numpy as np
 from samforge.data.prompts import mask_to_box
 from samforge.data.sample import Sample
 from samforge.evaluate.evaluator import METRIC_PROTOCOLS, image_predictor_for
+from samforge.evaluate.stored_protocol import STORED
 from samforge.evaluate.metrics import iou_dice
 from samforge.evaluate.report import outlined_prediction
 from samforge.models.sam import Sam
@@ -28,8 +29,10 @@ def compare_metrics(baseline: dict[str, Any], model: dict[str, Any]) -> dict[str
     """``{protocol: {"miou": {"baseline", "model", "delta"}, "dice": {...}}}`` from two ``metrics.json`` dicts,
     plus the interactive mIoU at each click count and NoC."""
     out: dict[str, Any] = {}
-    for protocol in METRIC_PROTOCOLS:
+    for protocol in _protocols(model):
         out[protocol] = {m: _delta(baseline[protocol][m], model[protocol][m]) for m in ("miou", "dice")}
+    if "interactive" not in model:  # the stored prompts: no interactive part
+        return out
     b_int, m_int = baseline["interactive"], model["interactive"]
     out["interactive"] = {
         "miou_at_clicks": {k: _delta(b_int["miou_at_clicks"][k], m_int["miou_at_clicks"][k])
@@ -37,6 +40,11 @@ def compare_metrics(baseline: dict[str, Any], model: dict[str, Any]) -> dict[str
         **{k: _delta(b_int[k], m_int[k]) for k in m_int if k.startswith("noc")},
     }
     return out
+
+
+def _protocols(metrics: dict[str, Any]) -> list[str]:
+    """The protocols a ``metrics.json`` dict holds: SAM's simulated ones, or ``stored``."""
+    return [p for p in (*METRIC_PROTOCOLS, STORED) if p in metrics]
 
 
 def compare_scalars(baseline: dict[str, Any], model: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -60,7 +68,7 @@ def _delta(before: float, after: float) -> dict[str, float]:
 def format_comparison(comparison: dict[str, Any], names: tuple[str, str] = ("baseline", "model")) -> str:
     lines = [f"{'protocol':<14}{'Dice ' + names[0]:>18}{'Dice ' + names[1]:>18}{'delta':>9}"
              f"{'mIoU ' + names[0]:>18}{'mIoU ' + names[1]:>18}{'delta':>9}"]
-    for p in METRIC_PROTOCOLS:
+    for p in _protocols(comparison):
         d, i = comparison[p]["dice"], comparison[p]["miou"]
         lines.append(f"{p:<14}{d['baseline']:>18.4f}{d['model']:>18.4f}{d['delta']:>+9.4f}"
                      f"{i['baseline']:>18.4f}{i['model']:>18.4f}{i['delta']:>+9.4f}")

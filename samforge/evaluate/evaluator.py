@@ -28,6 +28,8 @@ from samforge.evaluate.interactive import (
 from samforge.evaluate.interactive import noc as noc_of
 from samforge.evaluate.metrics import iou_dice
 from samforge.evaluate.protocols import PROTOCOLS, PredictorLike, run_protocols_many
+from samforge.evaluate.stored_protocol import PROMPT_SOURCES, STORED, evaluate_image_stored
+from samforge.evaluate.refuge_metrics import RefugeScores
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.predictor import SamPredictor
@@ -106,11 +108,13 @@ class EvalResult:
     best: list[Case] = field(default_factory=list)
     worst: list[Case] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    refuge: dict | None = None  # per-structure Dice/IoU as Medical-SAM2 reports them, for a dataset of structures
 
     def to_metrics_dict(self) -> dict[str, Any]:
         """The stable ``metrics.json`` content: per protocol ``{"miou", "dice"}``, ``interactive``
         (``miou_at_clicks`` at 1/2/3/5/9 clicks, ``noc85``, ``noc90``), ``num_objects``, ``num_images``;
-        all means over objects."""
+        all means over objects. For a dataset of named structures (REFUGE: disc, cup) also ``refuge``
+        (:meth:`samforge.evaluate.refuge_metrics.RefugeScores.summary`)."""
         if not self.objects:
             raise ValueError("no object was evaluated: metrics need at least one object")
         out: dict[str, Any] = {
@@ -118,15 +122,29 @@ class EvalResult:
                 "miou": float(np.mean([o.iou[p] for o in self.objects])),
                 "dice": float(np.mean([o.dice[p] for o in self.objects])),
             }
-            for p in METRIC_PROTOCOLS
+            for p in self.protocols
         }
-        interactive: dict[str, Any] = {"miou_at_clicks": _miou_at_clicks(self.objects)}
-        for key in NOC_KEYS:
-            interactive[key] = float(np.mean([o.noc[key] for o in self.objects]))
-        out["interactive"] = interactive
+        if self.interactive:
+            interactive: dict[str, Any] = {"miou_at_clicks": _miou_at_clicks(self.objects)}
+            for key in NOC_KEYS:
+                interactive[key] = float(np.mean([o.noc[key] for o in self.objects]))
+            out["interactive"] = interactive
         out["num_objects"] = len(self.objects)
         out["num_images"] = len(self.image_names)
+        if self.refuge is not None:
+            out["refuge"] = self.refuge
         return out
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols measured: SAM's simulated ones (:data:`METRIC_PROTOCOLS`), or ``stored`` (the prompts
+        stored with the data, ``evaluate_dataset(..., prompts="stored")``; then there is no interactive part)."""
+        measured = self.objects[0].iou if self.objects else {}
+        return [p for p in (*METRIC_PROTOCOLS, STORED) if p in measured]
+
+    @property
+    def interactive(self) -> bool:
+        return bool(self.objects) and bool(self.objects[0].click_ious)
 
     def per_image_rows(self) -> list[dict[str, Any]]:
         """One row per evaluated image: name, number of objects, mean IoU/Dice per protocol, mean NoC
@@ -138,10 +156,10 @@ class EvalResult:
         for i, name in enumerate(self.image_names):
             objs = by_image[i]
             row: dict[str, Any] = {"image": name, "num_objects": len(objs)}
-            for p in METRIC_PROTOCOLS:
+            for p in self.protocols:
                 row[f"{p}_iou"] = _mean([o.iou[p] for o in objs])
                 row[f"{p}_dice"] = _mean([o.dice[p] for o in objs])
-            for key in NOC_KEYS:
+            for key in NOC_KEYS if self.interactive else ():
                 row[key] = _mean([o.noc[key] for o in objs])
             rows.append(row)
         return rows
@@ -215,13 +233,21 @@ def evaluate_dataset(
     seed: int = 0,
     max_images: int | None = None,
     progress: bool = True,
+    prompts: str = "simulated",
 ) -> EvalResult:
     """Evaluate ``model`` (a Sam, a SAM 2 image model, or any predictor with SamPredictor's
     ``set_image``/``predict``) on the first ``max_images`` images of ``dataset`` (all by default). ``seed``
-    fixes the random-point prompts. A model is put in eval mode for the run and given back in the mode it
-    came in."""
+    fixes the random-point prompts. ``prompts="stored"`` evaluates each object on the prompt stored with the data
+    (``Sample.prompts``) instead of SAM's simulated protocols. A model is put in eval mode for the run and given
+    back in the mode it came in. A dataset with ``structures`` (object k of every sample is ``structures[k]``,
+    e.g. REFUGE's disc and cup) is also scored per structure as Medical-SAM2 does (``EvalResult.refuge``)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if prompts not in PROMPT_SOURCES:
+        raise ValueError(f"prompts: expected one of {PROMPT_SOURCES}, got {prompts!r}")
+    if prompts == STORED and not getattr(dataset, "has_stored_prompts", True):
+        raise ValueError(f"prompts=stored, but the dataset stores no prompts ({type(dataset).__name__}): expected "
+                         "annotations/<image>.json or dataset_info.json beside images/ and masks/")
     if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
@@ -237,12 +263,21 @@ def evaluate_dataset(
     names: list[str] = []
     skipped: list[str] = []
     extremes = _Extremes(NUM_EXTREMES)
+    structures = getattr(dataset, "structures", None)
+    refuge = RefugeScores(structures) if structures else None
     try:
         for i in tqdm(range(n), desc="evaluate", unit="img", disable=not progress):
             sample = dataset[i]
             if not isinstance(sample, Sample):
                 raise TypeError(f"dataset[{i}] must be a samforge Sample, got {type(sample).__name__}")
-            results, cases, bad = evaluate_image(predictor, sample, i, seed)
+            if prompts == STORED:
+                results, cases, bad = evaluate_image_stored(predictor, sample, i)
+            else:
+                results, cases, bad = evaluate_image(predictor, sample, i, seed)
+            if refuge is not None and results:  # the image is still set on the predictor
+                targets = sample.masks if sample.soft_masks is None else sample.soft_masks
+                rng = np.random.default_rng([seed, i, 2**20])  # a stream apart from the objects' ([seed, i, k])
+                refuge.add_sample(predictor, sample.masks, targets, rng)
             names.append(sample.name)
             objects.extend(results)
             skipped.extend(bad)
@@ -252,5 +287,7 @@ def evaluate_dataset(
         if was_training:
             model.train()
     if not objects:
-        raise ValueError(f"no object to evaluate in {n} image(s): every mask was empty")
-    return EvalResult(objects, names, extremes.best(), extremes.worst(), skipped)
+        why = "no object has a stored prompt" if prompts == STORED else "every mask was empty"
+        raise ValueError(f"no object to evaluate in {n} image(s): {why}")
+    return EvalResult(objects, names, extremes.best(), extremes.worst(), skipped,
+                      None if refuge is None else refuge.summary())

@@ -86,12 +86,15 @@ def best_worst_png(best: Sequence["Case"], worst: Sequence["Case"]) -> bytes:
 def format_table(metrics: dict[str, Any]) -> str:
     """A plain-text table of a ``metrics.json`` dict, for the terminal."""
     from samforge.evaluate.evaluator import METRIC_PROTOCOLS
+    from samforge.evaluate.stored_protocol import STORED
 
     lines = [f"{'protocol':<14}{'mIoU':>8}{'Dice':>8}"]
-    lines += [f"{p:<14}{metrics[p]['miou']:>8.4f}{metrics[p]['dice']:>8.4f}" for p in METRIC_PROTOCOLS]
-    inter = metrics["interactive"]
-    clicks = inter["miou_at_clicks"]
-    lines.append("interactive   " + "  ".join(f"mIoU@{k}={v:.4f}" for k, v in clicks.items()))
-    lines.append(f"{'':<14}NoC@85={inter['noc85']:.2f}  NoC@90={inter['noc90']:.2f}")
+    lines += [f"{p:<14}{metrics[p]['miou']:>8.4f}{metrics[p]['dice']:>8.4f}" for p in (*METRIC_PROTOCOLS, STORED)
+              if p in metrics]
+    if "interactive" in metrics:  # not with the stored prompts
+        inter = metrics["interactive"]
+        clicks = inter["miou_at_clicks"]
+        lines.append("interactive   " + "  ".join(f"mIoU@{k}={v:.4f}" for k, v in clicks.items()))
+        lines.append(f"{'':<14}NoC@85={inter['noc85']:.2f}  NoC@90={inter['noc90']:.2f}")
     lines.append(f"{metrics['num_objects']} objects in {metrics['num_images']} images")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from samforge.export.onnx_sam2_predictor import (
     SAM2_ENCODER_OUTPUTS,
     OnnxSAM2ImagePredictor,
 )
+from samforge.export.sam_onnx_model import SamOnnxModel
 
 __all__ = [
     "DECODER_INPUTS",
@@ -44,6 +45,7 @@ __all__ = [
     "SUPPORTED_OPSETS",
     "SamOnnxDecoder",
     "SamOnnxEncoder",
+    "SamOnnxModel",
     "export_sam2_onnx",
     "export_sam_onnx",
 ]

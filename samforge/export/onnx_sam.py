@@ -56,6 +56,7 @@ from torch import nn
 from samforge.export.onnx_predictor import DECODER_INPUTS, DECODER_OUTPUTS, OnnxDependencyError
 from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam import Sam
+from samforge.predict.amg_utils import calculate_stability_score
 from samforge.utils.atomic import atomic_path
 
 SUPPORTED_OPSETS = range(14, 21)  # 14..20: the TorchScript exporter stops at 20
@@ -109,17 +110,29 @@ class SamOnnxEncoder(nn.Module):
 
 class SamOnnxDecoder(nn.Module):
     """Prompt encoder + mask decoder + mask post-processing with the official ONNX decoder interface
-    (see the module docstring). Works on batch 1, as the official model."""
+    (see the module docstring). Works on batch 1, as the official model.
 
-    def __init__(self, model: Sam, return_single_mask: bool = False) -> None:
+    The official ``SamOnnxModel`` options: ``use_stability_score`` replaces the predicted IoU with the
+    stability score of the low-res masks (offset 1.0); ``return_extra_metrics`` makes ``forward`` return five
+    outputs, ``(masks, scores, stability_scores, areas, low_res_masks)``, the stability scores and areas (pixels
+    above the threshold) of the full-resolution masks."""
+
+    def __init__(self, model: Sam, return_single_mask: bool = False, use_stability_score: bool = False,
+                 return_extra_metrics: bool = False) -> None:
         super().__init__()
         model = _check_sam(model)
-        if not isinstance(return_single_mask, bool):
-            raise TypeError(f"return_single_mask must be a bool, got {type(return_single_mask).__name__}")
+        for name, value in (("return_single_mask", return_single_mask), ("use_stability_score", use_stability_score),
+                            ("return_extra_metrics", return_extra_metrics)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.img_size = int(model.image_encoder.img_size)
         self.return_single_mask = return_single_mask
+        self.use_stability_score = use_stability_score
+        self.return_extra_metrics = return_extra_metrics
+        self.stability_score_offset = 1.0
+        self.mask_threshold = float(model.mask_threshold)
         with torch.no_grad():
             self.register_buffer("dense_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
         reweight = torch.zeros(1, self.mask_decoder.num_mask_tokens)
@@ -169,7 +182,7 @@ class SamOnnxDecoder(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
         orig_im_size: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input)
         masks, iou = self.mask_decoder.predict_masks(
@@ -178,9 +191,16 @@ class SamOnnxDecoder(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
+        if self.use_stability_score:
+            iou = calculate_stability_score(masks, self.mask_threshold, self.stability_score_offset)
         if self.return_single_mask:
             masks, iou = self._select_single(masks, iou, point_labels)
-        return self._postprocess(masks, orig_im_size), iou, masks
+        upscaled = self._postprocess(masks, orig_im_size)
+        if self.return_extra_metrics:
+            stability = calculate_stability_score(upscaled, self.mask_threshold, self.stability_score_offset)
+            areas = (upscaled > self.mask_threshold).sum(-1).sum(-1)
+            return upscaled, iou, stability, areas, masks
+        return upscaled, iou, masks
 
     def dummy_inputs(self, num_points: int = 5) -> tuple[torch.Tensor, ...]:
         """Example inputs of the right shapes (as the official export script's)."""

@@ -36,6 +36,11 @@ def guess_sam_config(state_dict: dict[str, torch.Tensor]) -> str | None:
     pos = state_dict.get("image_encoder.pos_embed")
     if patch is None:
         return None
+    for key, value, ndim, form in (("image_encoder.patch_embed.proj.weight", patch, 4, "C x 3 x P x P"),
+                                   ("image_encoder.pos_embed", pos, 4, "1 x G x G x C")):
+        if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != ndim):
+            given = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"state dict entry {key} must be a {ndim}-d tensor ({form}), got {given}")
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     for name, cfg in SAM_CONFIGS.items():
         if (

@@ -9,7 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from samforge.weights import resolve_checkpoint
+
 MAX_KEYS_SHOWN = 12
+ZIP_MAGIC, PICKLE_MAGIC = b"PK", b"\x80"  # torch.save's zip format; the legacy format starts with a pickle
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -22,10 +25,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Like :func:`read_state_dict`, and also return the file's other entries (e.g. samforge's
-    ``sam_config``, ``config``, ``step``); empty for a raw state dict."""
+    ``sam_config``, ``config``, ``step``); empty for a raw state dict. ``path`` may also be an official name
+    (``sam_vit_b``), an http(s) URL or a Hugging Face id: see :func:`samforge.weights.resolve_checkpoint`."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"checkpoint must be a path (str or Path), got {type(path).__name__}")
-    path = Path(path)
+    path = resolve_checkpoint(path)  # an official name, URL or Hugging Face id -> its verified file in the cache
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
@@ -39,6 +43,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"could not read safetensors checkpoint {path} (truncated or corrupted?): {e}") from e
     else:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+            raise ValueError(f"could not read checkpoint {path}: it is not a checkpoint: expected a PyTorch weights "
+                             f"file (.pt/.pth, a zip archive or a pickle) or .safetensors, got a file starting with "
+                             f"{head!r}" + (" (text)" if head.isascii() else ""))
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
@@ -48,6 +58,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             ) from e
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
             raise ValueError(f"could not read checkpoint {path} (truncated or corrupted?): {e}") from e
+        except (IndexError, KeyError, TypeError, AttributeError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"could not read checkpoint {path}: it is not a checkpoint: expected a PyTorch weights "
+                             f"file, and reading it as one failed ({type(e).__name__}: {e})") from e
     extras: dict = {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         extras = {k: v for k, v in obj.items() if k != "model"}
@@ -87,4 +100,14 @@ def load_state_dict_strict(
         problems.append(f"shape mismatches ({len(mismatched)}): {_shown(mismatched)}")
     if problems:
         raise ValueError(f"{source} does not match the model: " + "; ".join(problems) + (f". {hint}" if hint else ""))
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """``ValueError`` naming the floating-point tensors of ``state_dict`` that hold NaN or inf (one pass)."""
+    bad = sorted(k for k, v in state_dict.items()
+                 if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{source} holds NaN or inf weights in {len(bad)} tensors, expected finite numbers: "
+                         f"{_shown(bad)} (a diverged training run, or a damaged file)")

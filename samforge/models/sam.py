@@ -39,6 +39,7 @@ class Sam(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
         """Predict masks for a batch of images, each with its own prompts.
 
@@ -46,7 +47,9 @@ class Sam(nn.Module):
         ``original_size`` (H, W) and optionally ``point_coords`` (B x N x 2) with ``point_labels`` (B x N),
         ``boxes`` (B x 4), ``mask_inputs`` (B x 1 x 256 x 256), in the resized frame.
         Returns per image ``masks`` (B x M x H x W bool), ``iou_predictions`` (B x M),
-        ``low_res_logits`` (B x M x 256 x 256). Wrap the call in ``torch.no_grad()`` for inference.
+        ``low_res_logits`` (B x M x 256 x 256). Runs without autograd, as the official ``Sam.forward`` does (no
+        graph is kept, outputs do not require grad): training calls the encoders and the decoder itself
+        (``samforge.train.step``).
         """
         if not isinstance(batched_input, (list, tuple)) or not batched_input:
             raise TypeError(f"batched_input must be a non-empty list of dicts, got {type(batched_input).__name__}")

@@ -119,6 +119,9 @@ class AutomaticMaskGeneratorBase:
 
     predictor: Any
     mask_threshold: float
+    #: whether the numeric columns become float32 before the records are made (SAM 2's official ``MaskData.to_numpy``
+    #: does this, so its records' ``bbox`` and ``crop_box`` are floats; SAM's keeps the integer boxes)
+    float_columns: bool = False
 
     def _init_common(
         self,
@@ -236,6 +239,10 @@ class AutomaticMaskGeneratorBase:
                                iou_threshold=self.crop_nms_thresh)
             data.filter(keep)
         data.to_numpy()
+        if self.float_columns:
+            for k, v in data.items():
+                if isinstance(v, np.ndarray):
+                    data[k] = v.astype(np.float32)
         return data
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int,
@@ -257,18 +264,47 @@ class AutomaticMaskGeneratorBase:
         data.filter(keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
-        data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.long).reshape(-1, 4)
+        # int64, or float32 when the crop has no masks, as the official torch.tensor([]) is: concatenated with the
+        # other crops' it turns the column, and so the records' crop_box, to floats (the official types)
+        n = len(data["rles"])
+        data["crop_boxes"] = torch.tensor([crop_box] * n, dtype=torch.long if n else torch.float).reshape(-1, 4)
         return data
 
-    def _filter_and_encode(self, data: MaskData, crop_box: list[int], orig_size: tuple[int, int]) -> MaskData:
+    def _encode_in_chunks(self, data: MaskData, crop_size: tuple[int, int], crop_box: list[int],
+                          orig_size: tuple[int, int], chunk: int) -> MaskData:
+        """The masks of one batch of points that passed the IoU filter (``data``: ``low_res`` logits, ``iou_preds``,
+        ``points``), upsampled (``self._upsample``) and filtered / encoded (``_filter_and_encode``) ``chunk`` at a
+        time. The ``boxes`` column has the official one's dtype: int64, or float32 when no mask of the batch
+        passed the stability filter (the official ``batched_mask_to_box`` of no masks is float zeros, and
+        concatenating them turns the image's whole column, and so the records' ``bbox``, to floats)."""
+        out, stable = MaskData(), 0
+        for start in range(0, max(len(data["iou_preds"]), 1), chunk):
+            part = MaskData(**{k: v[start:start + chunk] for k, v in data.items()})
+            part["masks"] = self._upsample(part["low_res"], crop_size)
+            del part["low_res"]
+            part, n = self._filter_and_encode(part, crop_box, orig_size)
+            stable += n
+            out.cat(part)
+        if stable == 0:
+            out["boxes"] = out["boxes"].float()
+        return out
+
+    def _upsample(self, low_res: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits ``M x h x w`` -> logits ``M x H x W`` of the crop."""
+        raise NotImplementedError
+
+    def _filter_and_encode(self, data: MaskData, crop_box: list[int],
+                           orig_size: tuple[int, int]) -> tuple[MaskData, int]:
         """From mask logits (``data["masks"]``, the crop's size) of masks that passed the IoU filter:
         stability score and its filter, binarization, boxes, the crop-edge filter, and RLEs of the masks
-        pasted into the whole image (``masks`` is replaced by ``rles``)."""
+        pasted into the whole image (``masks`` is replaced by ``rles``); and how many masks passed the stability
+        filter."""
         orig_h, orig_w = orig_size
         data["stability_score"] = calculate_stability_score(
             data["masks"], self.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
+        stable = len(data["stability_score"])
 
         data["masks"] = data["masks"] > self.mask_threshold
         data["boxes"] = batched_mask_to_box(data["masks"])
@@ -278,7 +314,7 @@ class AutomaticMaskGeneratorBase:
 
         data["rles"] = mask_to_rle(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
         del data["masks"]
-        return data
+        return data, stable
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:

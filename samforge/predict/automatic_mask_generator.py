@@ -7,17 +7,23 @@ and stability score, drop those that touch an inner crop edge, NMS within the cr
 crops preferring smaller crops, and optionally fill small holes / drop small islands with one more NMS.
 The steps shared with ``SAM2AutomaticMaskGenerator`` live in ``amg_base``.
 
-For speed, with the same masks (the same operations, in another association: logits agree with the
-official decoder's to float rounding):
+With ``precision="fp32"`` (the default) the records are the official ones bit for bit: the grid is decoded with
+``SamPredictor``'s exact decoder (the official operations in the official order; only the image side of the first
+layer is computed once per crop), the prompt coordinates are float64 as the official code has them, and the masks
+are upsampled three to a tensor as the official predictor upsamples them (CPU bilinear interpolation rounds
+differently with other channel counts). The fast precisions ("fp32-fast", "bf16") decode with ``GridDecoder``,
+whose logits agree with the official decoder's to float rounding (a few 1e-6: a logit that close to the threshold
+may flip a pixel), about three times faster (``benchmarks/README.md``). For speed:
 
-* ``GridDecoder`` decodes a batch of single-point prompts on one image without copying the image
-  embedding per prompt: the first layer's image-side projections are computed once per crop, and the
+* ``GridDecoder`` (the fast precisions) decodes a batch of single-point prompts on one image without copying
+  the image embedding per prompt: the first layer's image-side projections are computed once per crop, and the
   later attentions fold the key / query / output projections into the (few) prompt tokens instead of
   projecting every prompt's 4096 image tokens; prompts are decoded 16 at a time, their large tensors in
   buffers reused from batch to batch (allocating them afresh, page faults included, cost more than the
   arithmetic on this CPU); a decoder of other layers (``GridDecoder.supports``) is run the plain way;
 * the predicted IoU needs only the transformer, so masks are filtered on it first and only prompts with a
-  surviving mask go through the upscaling network (as per-pixel matrix products, channels last);
+  surviving mask go through the upscaling network (as per-pixel matrix products, channels last; the exact
+  decoder upscales a chunk of 16-31 prompts when any of them has a surviving mask);
 * the IoU survivors are upsampled a chunk at a time (never all of a batch's masks at full size), only the
   low-res rows / columns that the kept part of the input needs, and their stability score is computed on
   the upsampled logits exactly as the official code does. (A low-res bound on the stability score was
@@ -40,7 +46,7 @@ from samforge.predict.predictor import SamPredictor, upsample_logits
 
 __all__ = ["OUTPUT_MODES", "GridDecoder", "SamAutomaticMaskGenerator"]
 
-UPSAMPLE_CHUNK = 32  # masks upsampled to the crop's size at once
+UPSAMPLE_CHUNK = 30  # masks upsampled to the crop's size at once (a multiple of 3: see _upsample)
 DECODE_CHUNK = 16  # prompts decoded at once (4-64 measured within noise; 16 keeps the buffers ~64 MB)
 UPSCALE_CHUNK = 16  # prompts through the decoder's upscaling network at once
 
@@ -371,9 +377,13 @@ class SamAutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         """Decode positive points ``coords`` (``B x 2``, the model's input frame) on the current crop: IoU
         predictions ``B x 3`` of the multimask outputs, the indices of the prompts with a mask whose IoU
         prediction is above ``iou_thresh`` (all when None), and their low-res logits (``K x 3 x 256 x 256``).
-        Only those prompts go through the decoder's upscaling."""
+        Only those prompts go through the decoder's upscaling (in "folded" decoding; see ``_decode_points_exact``
+        for the exact one)."""
         model = self.predictor.model
-        if not GridDecoder.supports(model):  # a decoder of other layers: the plain way
+        mode = self.predictor._decoder_mode()
+        if mode == "exact":
+            return self._decode_points_exact(coords, iou_thresh)
+        if mode == "module":  # a decoder of other layers: the plain way
             labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=coords.device)
             sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
             low_res, iou_preds = model.mask_decoder(
@@ -385,12 +395,46 @@ class SamAutomaticMaskGenerator(AutomaticMaskGeneratorBase):
             return iou_preds, prompts, low_res[prompts]
         if self._grid_decoder is None:
             self._grid_decoder = GridDecoder(model, self.predictor.features)
-        return self._grid_decoder.decode(coords, iou_thresh)
+        return self._grid_decoder.decode(coords.float(), iou_thresh)
+
+    def _decode_points_exact(self, coords: torch.Tensor, iou_thresh: float | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                             torch.Tensor]:
+        """``_decode_points`` bit for bit as the official generator decodes (precision "fp32"): the predictor's exact
+        decoder (``SamPredictor._exact_transformer`` / ``_exact_masks``), on chunks of at least ``DECODE_CHUNK``
+        prompts (the batch itself when smaller, as the official code has it: matrix products of a few rows can
+        round differently from those of many). The IoU predictions and hypernetworks run on the whole chunk, and
+        the upscaling too when any of its prompts has a mask above ``iou_thresh`` (on a subset of one prompt it
+        rounds differently as well)."""
+        predictor = self.predictor
+        model = predictor.model
+        decoder = model.mask_decoder
+        b = coords.shape[0]
+        bounds = np.linspace(0, b, max(1, b // DECODE_CHUNK) + 1).round().astype(int)
+        ious, prompts, low_res = [], [], []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            chunk = coords[start:end]
+            labels = torch.ones(chunk.shape[0], 1, dtype=torch.int, device=chunk.device)
+            sparse, _ = model.prompt_encoder(points=(chunk[:, None, :], labels), boxes=None, masks=None)
+            hs, keys = predictor._exact_transformer(sparse)
+            iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]
+            wanted = (iou > iou_thresh).any(1) if iou_thresh is not None else \
+                torch.ones_like(iou[:, 0], dtype=torch.bool)
+            idx = wanted.nonzero().flatten()
+            if len(idx):
+                low_res.append(predictor._exact_masks(hs, keys)[idx, 1:])
+            prompts.append(idx + int(start))
+            ious.append(iou)
+        if not low_res:
+            h, w = model.prompt_encoder.image_embedding_size
+            low_res.append(coords.new_zeros((0, decoder.num_mask_tokens - 1, 4 * h, 4 * w), dtype=torch.float))
+        return torch.cat(ious), torch.cat(prompts), torch.cat(low_res)
 
     def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
                        orig_size: tuple[int, int]) -> MaskData:
         predictor = self.predictor
-        coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), dtype=torch.float,
+        # float64 as the official generator has them (the prompt encoder normalises them before casting to float32)
+        dtype = torch.float if predictor.device.type == "mps" else torch.float64
+        coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), dtype=dtype,
                                  device=predictor.device)
         # the IoU filter needs no mask: only the prompts with a mask left are upscaled and upsampled
         iou_thresh = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
@@ -408,16 +452,19 @@ class SamAutomaticMaskGenerator(AutomaticMaskGeneratorBase):
             points=torch.as_tensor(points.repeat(n_out, axis=0))[kept.cpu()],  # each point once per output
         )
         del low_res
-        out = MaskData()
-        for start in range(0, max(len(kept), 1), UPSAMPLE_CHUNK):
-            part = MaskData(**{k: v[start:start + UPSAMPLE_CHUNK] for k, v in data.items()})
-            part["masks"] = self._upsample(part["low_res"], crop_size)
-            del part["low_res"]
-            out.cat(self._filter_and_encode(part, crop_box, orig_size))
-        return out
+        return self._encode_in_chunks(data, crop_size, crop_box, orig_size, UPSAMPLE_CHUNK)
 
     def _upsample(self, low_res: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``M x h x w`` -> logits ``M x H x W`` of the crop, as ``Sam.postprocess_masks``
-        computes them (:func:`upsample_logits`)."""
+        computes them (:func:`upsample_logits`) in the official generator: on ``B x 3 x h x w``, the three masks
+        of a prompt as channels. Bilinear interpolation on a CPU rounds differently with another number of
+        channels, so the masks are upsampled in groups of three (any three: each channel is computed on its own),
+        the last group padded."""
         size = self.predictor.model.image_encoder.img_size
-        return upsample_logits(low_res[:, None], size, self.predictor.input_size, crop_size)[:, 0]
+        m, h, w = low_res.shape
+        group = self.predictor.model.mask_decoder.num_mask_tokens - 1
+        pad = (-m) % group
+        if pad:
+            low_res = torch.cat([low_res, low_res.new_zeros((pad, h, w))])
+        up = upsample_logits(low_res.view(-1, group, h, w), size, self.predictor.input_size, crop_size)
+        return up.view(-1, *up.shape[-2:])[:m]

@@ -25,13 +25,19 @@ from samforge.models.image_encoder import attention_mode
 from samforge.models.sam import Sam
 from samforge.predict.checks import (
     ImageNotSetError,
+    SAM_POINT_LABELS,
+    check_bool,
     check_box,
+    check_box_order,
     check_image,
-    check_inside,
+    check_labels,
     check_mask_input,
+    check_outside_boxes,
+    check_outside_points,
     check_points,
     check_tensor,
     describe,
+    to_float_array,
 )
 from samforge.predict.transforms import ResizeLongestSide
 
@@ -134,6 +140,13 @@ class SamPredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    # the official attribute names of the current image's sizes (None without an image; the official
+    # predictor only ever sets them to None): original (orig_h, orig_w) and resized (input_h, input_w)
+    orig_h = property(lambda self: None if self.original_size is None else self.original_size[0])
+    orig_w = property(lambda self: None if self.original_size is None else self.original_size[1])
+    input_h = property(lambda self: None if self.input_size is None else self.input_size[0])
+    input_w = property(lambda self: None if self.input_size is None else self.input_size[1])
+
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an ``H x W x 3`` uint8 image in ``image_format`` ("RGB" or "BGR")."""
         check_image(image)
@@ -189,12 +202,16 @@ class SamPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for prompts in the original image's pixel coordinates.
 
-        ``point_coords`` N x 2 (x, y) with ``point_labels`` N (1 foreground, 0 background), ``box`` 4 (XYXY),
-        ``mask_input`` 1 x 256 x 256 low-res logits of a previous call. Returns masks C x H x W (bool, or float
-        logits with ``return_logits``), IoU predictions C, and low-res logits C x 256 x 256; C is 3 with
-        ``multimask_output`` else 1.
+        ``point_coords`` N x 2 (x, y) with ``point_labels`` N (1 foreground, 0 background, -1 ignored), ``box`` 4
+        (XYXY, x0 <= x1, y0 <= y1), ``mask_input`` 1 x 256 x 256 low-res logits of a previous call. Returns masks
+        C x H x W (bool, or float logits with ``return_logits``), IoU predictions C, and low-res logits
+        C x 256 x 256; C is 3 with ``multimask_output`` else 1. Prompts past the image's border are used as given,
+        as the official predictor uses them (a warning when one lies entirely outside); non-finite numbers, other
+        labels and inverted boxes are refused.
         """
         self._check_image_set()
+        check_bool(multimask_output, "multimask_output")
+        check_bool(return_logits, "return_logits")
         coords_torch = labels_torch = box_torch = mask_input_torch = None
         if point_coords is None and point_labels is not None:
             raise ValueError("point_labels were given without point_coords")
@@ -210,7 +227,8 @@ class SamPredictor:
             check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
             mask_input_torch = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None, :, :, :]
 
-        masks, iou_predictions, low_res_masks = self.predict_torch(
+        # the prompts are checked (and an out-of-image one warned about) above: decode without checking again
+        masks, iou_predictions, low_res_masks = self._predict_torch(
             coords_torch, labels_torch, box_torch, mask_input_torch, multimask_output, return_logits=return_logits
         )
         return (
@@ -232,11 +250,28 @@ class SamPredictor:
         """Masks for a batch of B prompt sets on the current image, coordinates in the resized input frame
         (``predictor.transform.apply_coords_torch`` / ``apply_boxes_torch``).
 
-        ``point_coords`` B x N x 2 with ``point_labels`` B x N, ``boxes`` B x 4, ``mask_input`` B x 1 x 256 x 256.
-        Returns masks B x C x H x W, IoU predictions B x C, low-res logits B x C x 256 x 256.
+        ``point_coords`` B x N x 2 with ``point_labels`` B x N, ``boxes`` B x 4, ``mask_input`` B x 1 x 256 x 256,
+        checked as ``predict`` checks its prompts. Returns masks B x C x H x W, IoU predictions B x C, low-res
+        logits B x C x 256 x 256.
         """
         self._check_image_set()
+        check_bool(multimask_output, "multimask_output")
+        check_bool(return_logits, "return_logits")
         self._check_prompt_batch(point_coords, point_labels, boxes, mask_input)
+        return self._predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+
+    @torch.no_grad()
+    def _predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``predict_torch`` for prompts already checked."""
+        self._check_image_set()
         device = self.device
         points = None
         if point_coords is not None:
@@ -339,6 +374,17 @@ class SamPredictor:
             return decoder(image_embeddings=self.features, image_pe=model.prompt_encoder.get_dense_pe(),
                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                            multimask_output=multimask_output)
+        hs, keys = self._exact_transformer(sparse)
+        masks = self._exact_masks(hs, keys)
+        iou_pred = decoder.iou_prediction_head(hs[:, 0, :])
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou_pred[:, chosen]
+
+    def _exact_transformer(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer of ``mask_decoder(...)`` without a mask input, bit for bit (the first layer's
+        image side from the per-image cache): the output tokens ``B x T x C`` and image tokens ``B x n x C``."""
+        model = self.model
+        decoder = model.mask_decoder
         cache = self._per_image("exact", self._build_exact)
         tr = decoder.transformer
         b = sparse.shape[0]
@@ -360,9 +406,14 @@ class SamPredictor:
         for layer in tr.layers[1:]:
             queries, keys = layer(queries, keys, query_pe=qpe, key_pe=pe)
         attn_out = tr.final_attn_token_to_image(q=queries + qpe, k=keys + pe, v=keys)
-        hs = tr.norm_final_attn(queries + attn_out)
+        return tr.norm_final_attn(queries + attn_out), keys
 
-        # MaskDecoder.predict_masks after the transformer, and forward's selection
+    def _exact_masks(self, hs: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``MaskDecoder.predict_masks`` after the transformer: the low-res logits of every mask token
+        ``B x num_mask_tokens x 4h x 4w`` from the transformer's outputs (``_exact_transformer``), bit for bit."""
+        model = self.model
+        decoder = model.mask_decoder
+        b = hs.shape[0]
         h, w = model.prompt_encoder.image_embedding_size
         c = keys.shape[-1]
         upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
@@ -370,10 +421,7 @@ class SamPredictor:
             [mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        iou_pred = decoder.iou_prediction_head(hs[:, 0, :])
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, chosen], iou_pred[:, chosen]
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
     def _decode_folded(self, g: GridDecoder, sparse: torch.Tensor, dense: torch.Tensor | None,
                        multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,7 +517,10 @@ class SamPredictor:
                     f"point_labels must have shape {tuple(point_coords.shape[:2])} to match point_coords, "
                     f"got {tuple(point_labels.shape)}"
                 )
-            check_inside(point_coords.detach().cpu().numpy(), self.input_size, "point_coords (resized frame)", 1.0)
+            labels = check_labels(to_float_array(point_labels.detach().cpu(), "point_labels"), SAM_POINT_LABELS,
+                                  "point_labels")
+            coords = to_float_array(point_coords.detach().cpu(), "point_coords")
+            check_outside_points(coords, labels, self.input_size, "point_coords (resized frame)")
             batch_sizes["point_coords"] = point_coords.shape[0]
         if boxes is not None:
             if isinstance(boxes, torch.Tensor) and boxes.ndim == 3:
@@ -478,7 +529,9 @@ class SamPredictor:
                     raise ValueError(f"boxes must have shape Bx4 (or Bx1x4), got {tuple(boxes.shape)}")
             else:
                 check_tensor(boxes, "boxes", "Bx4", ndim=2, last=4)
-            check_inside(boxes.detach().cpu().numpy(), self.input_size, "boxes (resized frame)", 1.0)
+            rows = to_float_array(boxes.detach().cpu(), "boxes").reshape(-1, 4)
+            check_box_order(rows, "boxes")
+            check_outside_boxes(rows, self.input_size, "boxes (resized frame)")
             batch_sizes["boxes"] = boxes.shape[0]
         if mask_input is not None:
             check_tensor(mask_input, "mask_input", "Bx1xHxW", ndim=4)

@@ -73,6 +73,8 @@ def fill_holes_and_sprinkles(logits: torch.Tensor, mask_threshold: float, max_ho
 
 
 class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
+    float_columns = True  # records' bbox and crop_box are floats, as the official generator's
+
     def __init__(
         self,
         model: SAM2Base,
@@ -183,24 +185,42 @@ class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
 
         # only the masks that passed the IoU filter are upsampled, a chunk at a time
-        out = MaskData()
-        for start in range(0, max(len(data["iou_preds"]), 1), UPSAMPLE_CHUNK):
-            part = MaskData(**{k: v[start:start + UPSAMPLE_CHUNK] for k, v in data.items()})
-            part["masks"] = self._upsample(part["low_res"], crop_size)
-            del part["low_res"]
-            out.cat(self._filter_and_encode(part, crop_box, orig_size))
-        return out
+        return self._encode_in_chunks(data, crop_size, crop_box, orig_size, UPSAMPLE_CHUNK)
 
     def _refine_with_m2m(self, in_points: torch.Tensor, low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each mask decoded again (one output) from its point (``M x 2``, model frame) and its own low-res
         logits (``M x h x w``, clamped to [-32, 32] as the predictor returns them) as mask input."""
         labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+        return self._decode_m2m(in_points, labels, low_res.clamp(-32.0, 32.0), self.points_per_batch)
+
+    def _decode_m2m(self, points: torch.Tensor, point_labels: torch.Tensor, low_res_masks: torch.Tensor,
+                    points_per_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits ``M x h x w`` and IoU ``M`` of one-output decodes of ``points`` (``M x 2``, model frame)
+        with ``low_res_masks`` (``M x h x w``) as mask input, ``points_per_batch`` at a time."""
         new_low_res, new_iou = [], []
-        for pts, lab, mask in batch_iterator(self.points_per_batch, in_points, labels, low_res.clamp(-32.0, 32.0)):
+        for pts, lab, mask in batch_iterator(points_per_batch, points, point_labels, low_res_masks):
             lr, iou = self._decode(pts[:, None, :], lab[:, None], mask[:, None, :, :], multimask_output=False)
             new_low_res.append(lr[:, 0])
             new_iou.append(iou[:, 0])
         return torch.cat(new_low_res), torch.cat(new_iou)
+
+    def refine_with_m2m(self, points: torch.Tensor, point_labels: torch.Tensor, low_res_masks: torch.Tensor,
+                        points_per_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official method: each mask decoded again from its point (``M x 2`` in the model's input frame,
+        labels ``M``) and its low-res logits (``M x h x w``) as mask input. Returns the mask logits at the size
+        of the current image (or crop), ``M x 1 x H x W``, and the IoU predictions ``M x 1``."""
+        if not self.predictor._is_image_set:
+            raise RuntimeError("refine_with_m2m needs an image: call predictor.set_image (or generate) first")
+        for name, t, ndim in (("points", points, 2), ("point_labels", point_labels, 1), ("low_res_masks", low_res_masks, 3)):
+            if not isinstance(t, torch.Tensor) or t.ndim != ndim:
+                raise ValueError(f"{name} must be a {ndim}-D torch.Tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        if not len(points) == len(point_labels) == len(low_res_masks):
+            raise ValueError(f"points, point_labels and low_res_masks must have one row per mask, got "
+                             f"{len(points)}, {len(point_labels)}, {len(low_res_masks)}")
+        if isinstance(points_per_batch, bool) or not isinstance(points_per_batch, int) or points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be an int >= 1, got {points_per_batch!r}")
+        low_res, iou = self._decode_m2m(points, point_labels, low_res_masks, points_per_batch)
+        return self._upsample(low_res, self.predictor._orig_hw[-1])[:, None], iou[:, None]
 
     def _upsample(self, low_res: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``M x h x w`` -> logits ``M x H x W`` of the crop, after the small-region

@@ -18,12 +18,14 @@ from PIL.Image import Image
 from samforge.models.checkpoint import load_state_dict_strict, read_state_dict
 from samforge.models.sam2 import SAM2Base, build_sam2, guess_sam2_config
 from samforge.predict.checks import (
+    SAM2_POINT_LABELS,
     ImageNotSetError,
+    check_bool,
+    check_box,
     check_image,
-    check_inside,
     check_mask_input,
+    check_points,
     describe,
-    to_float_array,
 )
 from samforge.predict.predictor import check_precision, run_cast
 from samforge.predict.sam2_transforms import SAM2Transforms
@@ -36,7 +38,6 @@ HF_MODELS = {
                               ("large", "l", "large"))
 }
 BUILD_KWARGS = {"config_file", "device", "mode", "hydra_overrides_extra", "apply_postprocessing"}
-POINT_LABELS = (-1, 0, 1, 2, 3)  # padding, background, foreground, box top-left, box bottom-right
 
 
 class SAM2ImagePredictor:
@@ -168,14 +169,18 @@ class SAM2ImagePredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for prompts on the current image.
 
-        ``point_coords`` N x 2 (x, y) or B x N x 2 with ``point_labels`` N or B x N (1 foreground, 0 background);
-        ``box`` 4 or B x 4 (XYXY); ``mask_input`` 1 x 256 x 256 (or B x 1 x 256 x 256) low-res logits of a
-        previous call. Coordinates are pixels of the original image with ``normalize_coords``, else in [0, 1].
+        ``point_coords`` N x 2 (x, y) or B x N x 2 with ``point_labels`` N or B x N (1 foreground, 0 background;
+        the prompt encoder's -1 padding and 2/3 box corners too); ``box`` 4 or B x 4 (XYXY, x0 <= x1, y0 <= y1);
+        ``mask_input`` 1 x 256 x 256 (or B x 1 x 256 x 256) low-res logits of a previous call. Coordinates are
+        pixels of the original image with ``normalize_coords``, else in [0, 1]; prompts past the border are used
+        as given, as the official predictor uses them (a warning when one lies entirely outside).
         Returns masks C x H x W (float32 0/1, or logits with ``return_logits``), IoU predictions C and low-res
         logits C x 256 x 256 (with a leading B when the prompts are batched); C is 3 with
         ``multimask_output`` else 1.
         """
         self._check_image_set("set_image")
+        check_bool(multimask_output, "multimask_output")
+        check_bool(return_logits, "return_logits")
         if self._is_batch and len(self._orig_hw) > 1:
             raise ValueError(f"{len(self._orig_hw)} images were set with set_image_batch: use predict_batch")
         prompts = self._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords)
@@ -241,7 +246,8 @@ class SAM2ImagePredictor:
         if point_coords is None and point_labels is not None:
             raise ValueError("point_labels were given without point_coords")
         if point_coords is not None:
-            coords_np, labels_np = _check_points(point_coords, point_labels, frame)
+            coords_np, labels_np = check_points(point_coords, point_labels, frame, allowed=SAM2_POINT_LABELS,
+                                                batched=True)
             coords = torch.as_tensor(coords_np, dtype=torch.float, device=self.device)
             coords = self._transforms.transform_coords(coords, normalize=normalize_coords, orig_hw=orig_hw)
             labels = torch.as_tensor(labels_np, dtype=torch.int, device=self.device)
@@ -249,7 +255,7 @@ class SAM2ImagePredictor:
                 coords, labels = coords[None, ...], labels[None, ...]
             batch["point_coords"] = coords.shape[0]
         if box is not None:
-            box_np = _check_boxes(box, frame)
+            box_np = check_box(box, frame, batched=True)
             boxes = torch.as_tensor(box_np, dtype=torch.float, device=self.device)
             boxes = self._transforms.transform_boxes(boxes, normalize=normalize_coords, orig_hw=orig_hw)
             batch["box"] = boxes.shape[0]
@@ -352,35 +358,3 @@ def _as_rgb_array(image: Any, name: str) -> np.ndarray:
     if not (image.flags.c_contiguous and image.flags.writeable):  # torch wants writable, positive strides
         image = np.array(image)
     return image
-
-
-def _check_points(point_coords: Any, point_labels: Any, frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Points ``N x 2`` or ``B x N x 2`` inside ``frame_hw`` with labels ``N`` or ``B x N`` in POINT_LABELS."""
-    if point_labels is None:
-        raise ValueError("point_labels must be supplied with point_coords (1 = foreground, 0 = background)")
-    coords = to_float_array(point_coords, "point_coords")
-    labels = to_float_array(point_labels, "point_labels")
-    if coords.ndim not in (2, 3) or coords.shape[-1] != 2 or coords.shape[-2] == 0:
-        raise ValueError(f"point_coords must have shape Nx2 or BxNx2 (x, y per point, N >= 1), got {coords.shape}")
-    if labels.shape != coords.shape[:-1]:
-        raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords, got {labels.shape}")
-    if not np.all(np.isin(labels, POINT_LABELS)):
-        raise ValueError(
-            f"point_labels must be 1 (foreground), 0 (background), -1 (ignore) or 2/3 (box corners), "
-            f"got {np.unique(labels).tolist()}"
-        )
-    check_inside(coords, frame_hw, "point_coords")
-    return coords, labels.astype(np.int64)
-
-
-def _check_boxes(box: Any, frame_hw: tuple[int, int]) -> np.ndarray:
-    """Boxes ``4`` or ``B x 4`` (XYXY) inside ``frame_hw`` with x0 <= x1 and y0 <= y1."""
-    arr = to_float_array(box, "box")
-    if arr.ndim not in (1, 2) or arr.shape[-1] != 4 or arr.size == 0:
-        raise ValueError(f"box must have shape (4,) or Bx4 as [x0, y0, x1, y1], got shape {arr.shape}")
-    rows = arr.reshape(-1, 4)
-    bad = (rows[:, 0] > rows[:, 2]) | (rows[:, 1] > rows[:, 3])
-    if np.any(bad):
-        raise ValueError(f"box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {rows[bad].tolist()}")
-    check_inside(rows.reshape(-1, 2), frame_hw, "box")
-    return arr

@@ -3,7 +3,8 @@
 A drop-in for ``sam2.sam2_video_predictor.SAM2VideoPredictor``: the same workflow, names, arguments and
 returns (``init_state`` -> ``add_new_points_or_box`` / ``add_new_mask`` -> ``propagate_in_video`` yielding
 ``(frame_idx, obj_ids, video_res_masks)``; ``clear_all_prompts_in_frame``, ``remove_object``, ``reset_state``),
-with the official inference-state layout. It wraps a ``SAM2Base`` (``predictor.model``) instead of being one.
+with the official inference-state layout. It wraps a ``SAM2Base`` (``predictor.model``) and exposes its whole
+surface, as the official predictor (a ``SAM2Base`` subclass) has it: see :class:`SAM2VideoPredictor`.
 
 Differences, all keyword-only or invisible in results:
 - frames are read lazily (``samforge.predict.video_frames``): a long clip is not held as float tensors;
@@ -17,20 +18,23 @@ Differences, all keyword-only or invisible in results:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from samforge.models.sam2 import SAM2Base, build_sam2
 from samforge.models.sam2.memory_bank import memory_window
 from samforge.models.sam2.sam2_base import NO_OBJ_SCORE
-from samforge.predict.checks import describe
+from samforge.predict.checks import SAM2_POINT_LABELS, check_box, check_points, to_float_array
 from samforge.predict.fill_holes import fill_holes_in_mask_scores
+from samforge.predict.pretrained import resolve_sam2_pretrained
 from samforge.predict.video_frames import VideoFrames
 
 # what the official build_sam2_video_predictor adds with apply_postprocessing=True (beyond the image ones)
@@ -45,9 +49,24 @@ def _new_output_dict() -> dict[str, dict[int, Any]]:
     return {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
 
 
-class SAM2VideoPredictor:
+class SAM2VideoPredictor(nn.Module):
     """Track objects through a clip. ``model``: a ``SAM2Base`` (e.g. from ``build_sam2``); the other
-    arguments are the official predictor's (``build_sam2_video_predictor`` sets them from the config)."""
+    arguments are the official predictor's (``build_sam2_video_predictor`` sets them from the config).
+
+    The official predictor *is* a ``SAM2Base``, and client code reaches into it (``predictor.to(device)``,
+    ``predictor.image_encoder``, ``predictor.forward_image``, ``predictor.track_step``,
+    ``predictor._apply_non_overlapping_constraints`` in ``tools/vos_inference.py``, ``load_state_dict``). This one
+    is an ``nn.Module`` whose only child is the model, and delegates: every ``SAM2Base`` attribute or method it
+    does not define itself is the model's (read through ``__getattr__``, and set on the model when assigned),
+    ``.to`` / ``.eval`` / ``.parameters()`` act on the model, and ``state_dict`` / ``load_state_dict`` use the
+    model's (the official) key names. Delegation rather than a subclass because the predictor wraps a model
+    that is already built, and may be shared (``video_predictor_for`` puts one model behind an image and a
+    video predictor): a subclass would need its own copy of the model's state, two objects that drift apart.
+    Differences that remain: ``isinstance(predictor, SAM2Base)`` is False, and ``named_parameters`` prefix
+    ``model.``.
+    """
+
+    _OWN = ("fill_hole_area", "non_overlap_masks", "clear_non_cond_mem_around_input", "add_all_frames_to_correct_as_cond")
 
     def __init__(
         self,
@@ -61,6 +80,7 @@ class SAM2VideoPredictor:
             raise TypeError(f"model must be a SAM2Base (from build_sam2), got {type(model).__name__}")
         if not isinstance(fill_hole_area, int) or fill_hole_area < 0:
             raise ValueError(f"fill_hole_area must be an int >= 0, got {fill_hole_area!r}")
+        super().__init__()
         self.model = model
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = bool(non_overlap_masks)
@@ -74,6 +94,42 @@ class SAM2VideoPredictor:
     @property
     def image_size(self) -> int:
         return self.model.image_size
+
+    # ------------------------------------------------------------------------------------------------
+    # The official SAM2Base surface, delegated to the model
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # parameters, buffers, child modules ("model")
+        except AttributeError:
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None or name.startswith("__"):
+                raise
+            return getattr(model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        model = self.__dict__.get("_modules", {}).get("model")
+        if (model is not None and name not in self._OWN and name not in self.__dict__
+                and not hasattr(type(self), name) and hasattr(model, name)):
+            setattr(model, name, value)  # e.g. predictor.binarize_mask_from_pts_for_mem_enc = True
+        else:
+            super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self.model)))
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The model's state dict, under the official key names (no ``model.`` prefix)."""
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load an official ``SAM2Base`` state dict into the model."""
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str | os.PathLike, **kwargs: Any) -> "SAM2VideoPredictor":
+        """A predictor on a local SAM 2 checkpoint file or folder (see ``build_sam2_video_predictor_hf``)."""
+        return build_sam2_video_predictor_hf(model_id, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # State
@@ -127,13 +183,13 @@ class SAM2VideoPredictor:
 
     def _obj_id_to_idx(self, state: dict[str, Any], obj_id: Any) -> int:
         """The model-side index of a client object id, creating the object when new."""
-        idx = state["obj_id_to_idx"].get(obj_id)
-        if idx is not None:
-            return idx
         try:
             hash(obj_id)
         except TypeError as e:
             raise TypeError(f"obj_id must be hashable (an int, usually), got {type(obj_id).__name__}") from e
+        idx = state["obj_id_to_idx"].get(obj_id)
+        if idx is not None:
+            return idx
         idx = len(state["obj_id_to_idx"])
         state["obj_id_to_idx"][obj_id] = idx
         state["obj_idx_to_id"][idx] = obj_id
@@ -171,10 +227,10 @@ class SAM2VideoPredictor:
         with the mask logits of every object on that frame, ``num_objects x 1 x H x W``."""
         state = inference_state
         self._check_frame_idx(state, frame_idx)
-        points, labels = self._check_points(points, labels, box, clear_old_points)
+        frame_hw = (state["video_height"], state["video_width"]) if normalize_coords else (1, 1)
+        points, labels, box_t = self._check_points(points, labels, box, clear_old_points, frame_hw)
         obj_idx = self._obj_id_to_idx(state, obj_id)
-        if box is not None:  # the box is the first two points, labels 2 and 3, as SAM 2 was trained
-            box_t = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(1, 2, 2)
+        if box_t is not None:  # the box is the first two points, labels 2 and 3, as SAM 2 was trained
             points = torch.cat([box_t, points], dim=1)
             labels = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), labels], dim=1)
         if normalize_coords:
@@ -488,6 +544,11 @@ class SAM2VideoPredictor:
         for t in range(frame_idx - reach, frame_idx + reach + 1):
             non_cond.pop(t, None)
 
+    def _clear_non_cond_mem_around_input(self, state: dict[str, Any], frame_idx: int) -> None:
+        """The same for every object (the official method of that name)."""
+        for obj_idx in range(self._get_obj_num(state)):
+            self._clear_obj_non_cond_mem_around_input(state, frame_idx, obj_idx)
+
     # ------------------------------------------------------------------------------------------------
     # Internals
 
@@ -638,38 +699,37 @@ class SAM2VideoPredictor:
             raise IndexError(f"{name} {frame_idx} out of range: the clip has {state['num_frames']} frames")
 
     @staticmethod
-    def _check_points(points: Any, labels: Any, box: Any, clear_old_points: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points/labels as ``1 x N x 2`` float32 / ``1 x N`` int32 (N may be 0 with a box)."""
+    def _check_points(points: Any, labels: Any, box: Any, clear_old_points: bool,
+                      frame_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Points/labels as ``1 x N x 2`` float32 / ``1 x N`` int32 (N may be 0 with a box) and the box as
+        ``1 x 2 x 2`` float32 (or None), checked by the rules every predictor shares (``samforge.predict.checks``):
+        finite numbers, labels of SAM 2's prompt encoder (not 0.7 or 2.9), x0 <= x1 and y0 <= y1; prompts past the
+        border of ``frame_hw`` are used as given, with a warning when one lies entirely outside."""
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be provided together")
         if points is None and box is None:
             raise ValueError("at least one of points or box must be provided as input")
+        box_t = None
         if box is not None:
             if not clear_old_points:
                 raise ValueError(
                     "cannot add box without clearing old points, since box prompt must be provided before any "
                     "point prompt (please use clear_old_points=True instead)"
                 )
-            b = np.asarray(box.cpu() if isinstance(box, torch.Tensor) else box, dtype=np.float32)
-            if b.size != 4 or not np.isfinite(b).all():
-                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1, got {describe(box)}")
-        if points is None:
-            return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int32)
-        p = torch.as_tensor(np.asarray(points.cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float32))
-        lab = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)).to(torch.int32)
-        if p.ndim == 2:
-            p = p.unsqueeze(0)
-        if lab.ndim == 1:
-            lab = lab.unsqueeze(0)
-        if p.ndim != 3 or p.shape[0] != 1 or p.shape[2] != 2:
-            raise ValueError(f"points must be N x 2 (x, y), got shape {tuple(p.shape)}")
-        if lab.shape != p.shape[:2]:
-            raise ValueError(f"labels must hold one label per point ({p.shape[1]}), got shape {tuple(lab.shape)}")
-        if not torch.isfinite(p).all():
-            raise ValueError("points must be finite")
-        if not torch.isin(lab, torch.tensor([-1, 0, 1, 2, 3], dtype=torch.int32)).all():
-            raise ValueError(f"labels must be 1 (foreground), 0 (background), 2/3 (box corners) or -1 (padding), got {lab.flatten().tolist()}")
-        return p, lab
+            b = to_float_array(box.cpu() if isinstance(box, torch.Tensor) else box, "box")
+            if b.size != 4:
+                raise ValueError(f"box must be 4 numbers [x0, y0, x1, y1], got shape {b.shape}")
+            b = check_box(b.reshape(4), frame_hw)
+            box_t = torch.as_tensor(b, dtype=torch.float32).reshape(1, 2, 2)
+        empty = points is not None and box is not None and np.size(points) == 0 and np.size(labels) == 0
+        if points is None or empty:
+            return torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int32), box_t
+        p, lab = (x.cpu() if isinstance(x, torch.Tensor) else x for x in (points, labels))
+        p, lab = check_points(p, lab, frame_hw, allowed=SAM2_POINT_LABELS, batched=True, names=("points", "labels"))
+        if p.ndim == 3 and p.shape[0] != 1:
+            raise ValueError(f"points must be N x 2 (or 1 x N x 2) for one object, got shape {p.shape}")
+        p_t = torch.as_tensor(p.reshape(1, -1, 2), dtype=torch.float32)
+        return p_t, torch.as_tensor(lab.reshape(1, -1), dtype=torch.int32), box_t
 
 
 def build_sam2_video_predictor(
@@ -716,3 +776,15 @@ def video_predictor_for(model: SAM2Base, video_postprocessing: bool = True) -> S
         clear_non_cond_mem_around_input=m.clear_non_cond_mem_around_input,
         add_all_frames_to_correct_as_cond=m.add_all_frames_to_correct_as_cond,
     )
+
+
+def build_sam2_video_predictor_hf(model_id: str | os.PathLike, **kwargs: Any) -> SAM2VideoPredictor:
+    """The official ``build_sam2_video_predictor_hf`` on local weights: a checkpoint file or a folder holding
+    one (``config_file=`` picks the config; an official hub id gets a message naming the file to download)."""
+    config, path = resolve_sam2_pretrained(model_id, kwargs.pop("config_file", None))
+    return build_sam2_video_predictor(config, path, **kwargs)
+
+
+# The official VOS-optimised predictor is this one with torch.compile applied; compilation is not done here
+# (measured slower on CPU), so it is the same class: identical results.
+SAM2VideoPredictorVOS = SAM2VideoPredictor

@@ -26,7 +26,9 @@ GET      /labels/{path}                     a file inside LABELS_DIR (e.g. expor
 
 Errors come back as JSON ``{"detail": "<what was expected, what was given>"}``: 404 for a name or file
 that is not served, 400 for a path that tries to leave its folder, 413 for a body over the size limit,
-422 for malformed JSON or a request that does not fit the image.
+422 for malformed JSON or a request that does not fit the image. Requests that change anything (POST, PUT,
+PATCH, DELETE) must come from the page itself: same Origin, the page's token in ``X-Samforge-Token``, a JSON
+Content-Type (403 / 415 otherwise; see ``samforge.serve.guard``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -53,10 +55,12 @@ from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.serve.embeddings import EmbeddingCache
+from samforge.serve.guard import SameOriginGuard, new_token
 from samforge.serve.images import ImageFolder
 from samforge.serve.store import AnnotationStore, StoreError, mask_to_rle
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+TOKEN_PLACEHOLDER = "__SAMFORGE_TOKEN__"  # in static/index.html's <meta name="samforge-token">
 DEFAULT_LABELS = ("object",)
 MAX_POINTS = 64  # prompts per request: SAM was trained with far fewer
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -227,6 +231,9 @@ def create_app(
 
     app = FastAPI(title="samforge annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.annotator = state
+    app.state.token = new_token()  # the page carries it; state-changing requests must send it back
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace(TOKEN_PLACEHOLDER, app.state.token)
+    app.add_middleware(SameOriginGuard, token=app.state.token)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
@@ -252,8 +259,8 @@ def create_app(
 
     # -------------------------------------------------------------------------------- page, files
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -262,6 +269,8 @@ def create_app(
         parts = path.replace("\\", "/").split("/")
         if path.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
             raise HTTPException(400, f"path must stay inside LABELS_DIR, got {path!r}")
+        if "\x00" in path:
+            raise HTTPException(400, f"path must be a file name without NUL characters, got {path!r}")
         target = (store.root / path).resolve()
         if (not target.is_relative_to(store.root) or not target.is_file()
                 or any(p.startswith(".") for p in target.relative_to(store.root).parts)):

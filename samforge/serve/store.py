@@ -34,7 +34,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samforge.serve.images import ImageFolder
-from samforge.utils.atomic import atomic_path, atomic_write_bytes
+from samforge.utils.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries, temporary_name
 
 FORMAT_VERSION = 1
 MAX_UNDO = 100
@@ -45,38 +45,60 @@ class StoreError(ValueError):
     """A request the saved state cannot satisfy (unknown object, bad label, bad mask)."""
 
 
+def max_rle_chars(h: int, w: int) -> int:
+    """The longest compressed COCO RLE string an ``h x w`` mask can have: at most ``h*w + 1`` runs, each run (a
+    difference of two counts up to ``h*w``, signed) in 5-bit characters."""
+    pixels = h * w
+    return (pixels + 1) * -(-(pixels.bit_length() + 2) // 5)
+
+
 def decode_rle_counts(counts: str, h: int, w: int) -> list[int]:
     """The run lengths of a compressed COCO RLE string, checked to be non-negative and to cover exactly
-    ``h * w`` pixels (pycocotools itself would write past its buffer for a string that covers more)."""
+    ``h * w`` pixels (pycocotools itself would write past its buffer for a string that covers more). The string's
+    length is bounded by the image size before decoding, and decoding is vectorised (numpy)."""
     if not isinstance(counts, str):
         raise StoreError(f"RLE counts must be a COCO compressed string, got {type(counts).__name__}")
-    runs: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            if p >= n:
-                raise StoreError("RLE counts string is truncated")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise StoreError(f"RLE counts string holds an invalid character {counts[p]!r} at {p}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if k > 7:
-                raise StoreError("RLE counts string holds a run too long for any image")
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            raise StoreError(f"RLE counts string decodes to a negative run ({x}) at {p}")
-        runs.append(x)
-    if sum(runs) != h * w:
-        raise StoreError(f"RLE covers {sum(runs)} pixels, the image has {h}x{w} = {h * w}")
-    return runs
+    limit = max_rle_chars(h, w)
+    if len(counts) > limit:
+        raise StoreError(f"RLE counts string has {len(counts)} characters, more than any mask of a {h}x{w} image "
+                         f"can have ({limit})")
+    if not counts.isascii():
+        raise StoreError("RLE counts string holds a non-ASCII character")
+    c = np.frombuffer(counts.encode("ascii"), dtype=np.uint8) - np.uint8(48)  # below "0" wraps to >= 208
+    bad = np.flatnonzero(c >= 64)
+    if bad.size:
+        raise StoreError(f"RLE counts string holds an invalid character {counts[bad[0]]!r} at {bad[0]}")
+    if c.size and c[-1] & 0x20:
+        raise StoreError("RLE counts string is truncated")
+    last = (c & 0x20) == 0  # the last character of each value
+    if c.size == 0 or last.all():  # every value one character: the common case, and a long string's
+        x = (c & 0x1F).astype(np.int64) - np.where(c & 0x10, 32, 0)
+        ends = np.arange(c.size)
+    else:
+        ends = np.flatnonzero(last)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        lengths = ends - starts + 1
+        if lengths.max() > 7:
+            raise StoreError("RLE counts string holds a run too long for any image")
+        k = np.arange(c.size) - np.repeat(starts, lengths)  # position of each character in its value
+        x = np.add.reduceat((c & 0x1F).astype(np.int64) << (5 * k), starts)
+        x -= np.where(c[ends] & 0x10, np.int64(1) << (5 * lengths), 0)  # sign bit of the last 5-bit group
+    if x.size > h * w + 1:
+        raise StoreError(f"RLE counts string holds {x.size} runs, more than a {h}x{w} image can have")
+    runs = x.copy()  # counts from index 3 on are deltas to the count two before (as pycocotools writes them)
+    runs[3::2] = np.cumsum(x[3::2]) + (x[1] if x.size > 1 else 0)
+    runs[4::2] = np.cumsum(x[4::2]) + (x[2] if x.size > 2 else 0)
+    negative = np.flatnonzero(runs < 0)
+    if negative.size:
+        first = negative[0]
+        raise StoreError(f"RLE counts string decodes to a negative run ({runs[first]}) at {ends[first] + 1}")
+    longer = np.flatnonzero(runs > h * w)
+    if longer.size:
+        raise StoreError(f"RLE counts string decodes to a run of {runs[longer[0]]} pixels, more than the {h}x{w} "
+                         "image has")
+    if int(runs.sum()) != h * w:
+        raise StoreError(f"RLE covers {int(runs.sum())} pixels, the image has {h}x{w} = {h * w}")
+    return runs.tolist()
 
 
 def check_segmentation(segmentation: Any, h: int, w: int) -> dict:
@@ -127,6 +149,8 @@ class AnnotationStore:
             raise ValueError(f"LABELS_DIR must differ from IMAGES_DIR ({folder.root}): give another --out")
         self.dir = self.root / "annotations"
         self.dir.mkdir(parents=True, exist_ok=True)
+        export = self.root / "export"
+        self.removed_temporaries = remove_stale_temporaries([self.dir, export, export / "images", export / "masks"])
         self.folder = folder
         self._docs: dict[str, dict] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -334,8 +358,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     """``dst`` becomes a hard link to ``src`` (a copy across file systems), replacing what was there."""
     if dst.exists() and os.path.samefile(src, dst):
         return
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.unlink(missing_ok=True)
+    tmp = dst.with_name(temporary_name(dst.name))
     try:
         os.link(src, tmp)
     except OSError:

@@ -40,6 +40,27 @@ def save_training_checkpoint(path: Path, **entries: Any) -> None:
         torch.save(entries, tmp)
 
 
+def load_resume_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint a rerun resumes from, and a note to print: ``last.pt``; when it is unreadable (truncated,
+    damaged), ``best.pt`` if readable (an earlier step), with a note saying so; (None, "") without ``last.pt``.
+    ``ValueError`` naming both files when neither is readable."""
+    last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if not last.is_file():
+        return None, ""
+    try:
+        return load_training_checkpoint(last), ""
+    except ValueError as e:
+        last_error = e
+    try:
+        ckpt = load_training_checkpoint(best)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"cannot resume: {last_error}; and the fallback {best} is not usable either ({e}). "
+                         f"Delete {ckpt_dir} to start the run over, or give another out folder") from last_error
+    note = (f"WARNING: {last_error}; resuming from {best.name} instead (step {int(ckpt['step'])}): the steps "
+            "after it are run again")
+    return ckpt, note
+
+
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_training_checkpoint` (no arbitrary unpickling)."""
     if not path.is_file():
@@ -48,6 +69,8 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"could not read training checkpoint {path} (truncated or corrupted?): {e}") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a samforge training checkpoint: it holds a {type(ckpt).__name__}")
     missing = {"model", "optimizer", "scheduler", "step", "config", "sam_config"} - set(ckpt)
     if missing:
         raise ValueError(f"{path} is not a samforge training checkpoint: it lacks {sorted(missing)}")

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import OmegaConf
 
+from samforge.data.split import is_builtin_spec
+from samforge.models.configs import SAM_CONFIGS
+from samforge.models.sam2 import SAM2_CONFIGS
 from samforge.train.sam2_step import Sam2PromptConfig
 
 
@@ -23,7 +27,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "synthetic:2000:256"  # see samforge.data.readers.open_dataset
-    val: str = "synthetic:64:256:100000"  # held out: other seeds
+    # validation data; None: hold out data.val_split of data.train's cases (by scan, clip or image; split.json).
+    # This synthetic default (and a preset's) applies only while data.train is synthetic too: with the user's own
+    # data.train, load_config sets it to None unless data.val is given on the command line
+    val: Optional[str] = "synthetic:64:256:100000"  # held out: other seeds
+    val_split: float = 0.2  # with data.val=None: the fraction of data.train's cases held out, seeded by `seed`
+    split: Optional[str] = None  # a split.json (or run folder) to take the held-out cases from; the trainer records
+    # its own <out>/split.json here (a resumed run reads it back: the split never changes)
     images: Optional[str] = None  # image folder for COCO json
     max_objects: int = 8  # objects (masks) per image per step
     num_frames: int = 1  # SAM 2: frames (slices) per training clip; 1 = images (the official trainer uses 8)
@@ -33,6 +43,9 @@ class DataConfig:
 
 @dataclass
 class PromptConfig:
+    # simulated: the first prompt is simulated from each mask (below); stored: it is the prompt stored with the data
+    # (annotations/<image>.json or dataset_info.json, see samforge.data.stored_prompts); SAM (v1) training
+    source: str = "simulated"
     box_prob: float = 0.5  # first prompt is a box with this probability, else one point
     box_noise: float = 0.1  # std of box edge noise, fraction of the side
     box_max_noise: float = 20.0  # px cap on the box noise
@@ -91,6 +104,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 200
     val_images: int = 64  # images of data.val used by in-training validation
+    vis_every: int = 1  # validation overlays (overlays/val_stepNNNNNN.png) every N validations and at the end
     checkpoint_every: int = 100
     eval_at_end: bool = True  # full evaluation (all protocols) on data.val into eval/ when the run stops
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
@@ -137,8 +151,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except Exception as e:
             raise ValueError(f"bad override in {overrides}: {e}") from e
     obj: TrainConfig = OmegaConf.to_object(cfg)
+    if not any(o.split("=", 1)[0].strip().lstrip("+") == "data.val" for o in overrides or ()):
+        obj.data.val = default_validation(obj.data.train, obj.data.val)
     validate_config(obj)
     return obj
+
+
+def default_validation(train: str, val: str | None) -> str | None:
+    """The validation data when the command line names none: the config's ``val``, except that built-in synthetic
+    validation data (the defaults', a preset's) never stands in for the user's own held-out cases: with user
+    training data it becomes None (hold out ``data.val_split`` of ``train``'s cases)."""
+    return None if is_builtin_spec(val) and not is_builtin_spec(train) else val
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -146,6 +169,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.prompts.source in ("simulated", "stored"),
+         f"prompts.source must be simulated or stored, got {cfg.prompts.source!r}"),
         (0.0 <= cfg.prompts.box_prob <= 1.0, f"prompts.box_prob must be in [0, 1], got {cfg.prompts.box_prob}"),
         (cfg.optim.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine|step|constant, got {cfg.optim.schedule!r}"),
         (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
@@ -153,6 +178,11 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.loss.resolution in ("input", "low_res"), f"loss.resolution must be input or low_res, got {cfg.loss.resolution!r}"),
         (cfg.data.max_objects >= 1, f"data.max_objects must be >= 1, got {cfg.data.max_objects}"),
         (cfg.data.num_frames >= 1, f"data.num_frames must be >= 1, got {cfg.data.num_frames}"),
+        (cfg.data.split is None or cfg.data.val is None,
+         f"data.split={cfg.data.split} takes the held-out cases from a split file, which needs data.val=null "
+         f"(got data.val={cfg.data.val})"),
+        (0 < cfg.data.val_split < 1, f"data.val_split must be a fraction of the cases strictly between 0 and 1 "
+                                     f"(e.g. 0.2), got {cfg.data.val_split}"),
         (cfg.data.short_clips in ("skip", "pad"), f"data.short_clips must be skip or pad, got {cfg.data.short_clips!r}"),
         (cfg.loss.object_score >= 0, f"loss.object_score must be >= 0, got {cfg.loss.object_score}"),
         (cfg.finetune.mode in ("full", "decoder", "lora"),
@@ -163,10 +193,59 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.model.type != "checkpoint" or cfg.model.checkpoint is not None,
          "model.type=checkpoint needs model.checkpoint (a samforge checkpoint that records its model)"),
         (cfg.log_every >= 1 and cfg.val_every >= 1 and cfg.checkpoint_every >= 1, "log_every, val_every and checkpoint_every must be >= 1"),
+        (isinstance(cfg.vis_every, int) and cfg.vis_every >= 0,
+         f"vis_every (overlays every N validations; 0: at the end only) must be an int >= 0, got {cfg.vis_every!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    check_ranges(cfg)
+
+
+# settings checked when the config loads, not when a run first uses them (after steps, or at its end):
+# key -> (lowest, highest, whether the bounds themselves are allowed); every value must also be finite
+RANGES = {
+    "seed": (0, None, True),
+    "val_images": (1, None, True),  # in-training validation needs at least one image
+    "max_minutes": (0, None, True),  # 0 = no time limit
+    "data.num_workers": (0, None, True),
+    "optim.weight_decay": (0, None, True),
+    "optim.warmup_steps": (0, None, True),
+    "optim.min_lr_ratio": (0, 1, True),
+    "optim.step_gamma": (0, None, False),
+    "optim.grad_clip": (0, None, True),  # 0 = off
+    "loss.focal": (0, None, True),
+    "loss.dice": (0, None, True),
+    "loss.iou": (0, None, True),
+    "prompts.box_noise": (0, None, True),
+    "prompts.box_max_noise": (0, None, True),
+    "prompts.correction_rounds": (0, None, True),
+    "prompts.mask_only_rounds": (0, None, True),
+}
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """Every setting of ``RANGES`` finite and within its bounds, and the tuples (betas, milestones) well formed;
+    ``ValueError`` naming the key, the range and the value."""
+    for key, (lo, hi, inclusive) in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        below = value < lo if inclusive else value <= lo
+        above = hi is not None and value > hi
+        if not math.isfinite(value) or below or above:
+            bounds = (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}") if inclusive else f"> {lo}"
+            raise ValueError(f"{key} must be a finite number {bounds}, got {value}")
+    types = ("checkpoint", "default", *SAM_CONFIGS, *SAM2_CONFIGS)
+    if cfg.model.type not in types:
+        raise ValueError(f"model.type must be one of {list(types)}, got {cfg.model.type!r}")
+    betas = tuple(cfg.optim.betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+    milestones = tuple(cfg.optim.step_milestones)
+    if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in milestones) or list(milestones) != sorted(milestones):
+        raise ValueError(f"optim.step_milestones must be increasing fractions of the steps in (0, 1), "
+                         f"got {list(milestones)}")
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.data.prompts import correction_click, jitter_box, mask_to_box, sample_points
+from samforge.data.prompts import correction_click, jitter_box, mask_to_box, pack_stored_prompts, sample_points
 from samforge.models.sam import Sam
 from samforge.train.config import PromptConfig
 from samforge.train.losses import SamLoss
@@ -24,7 +24,29 @@ def decode(
     mask_input: torch.Tensor | None,
     multimask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode N prompt sets against N per-object image embeddings: low-res logits N x M x h x w, IoU N x M."""
+    """Decode N prompt sets against N per-object image embeddings: low-res logits N x M x h x w, IoU N x M.
+    A row of NaN in ``boxes`` means that object has no box (stored prompts may mix): the objects with a box and
+    those without are decoded apart and put back in order."""
+    if boxes is None or not torch.isnan(boxes).any():
+        return _decode_once(model, embeddings, points, boxes, mask_input, multimask)
+    has_box = ~torch.isnan(boxes).any(1)
+    low_res = iou = None
+    for rows in (has_box.nonzero()[:, 0], (~has_box).nonzero()[:, 0]):
+        if len(rows) == 0:
+            continue
+        part = _decode_once(model, embeddings[rows], None if points is None else (points[0][rows], points[1][rows]),
+                            boxes[rows] if bool(has_box[rows[0]]) else None,
+                            None if mask_input is None else mask_input[rows], multimask)
+        if low_res is None:
+            low_res = part[0].new_empty((len(boxes), *part[0].shape[1:]))
+            iou = part[1].new_empty((len(boxes), *part[1].shape[1:]))
+        low_res[rows], iou[rows] = part
+    return low_res, iou
+
+
+def _decode_once(model: Sam, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
+                 boxes: torch.Tensor | None, mask_input: torch.Tensor | None, multimask: bool,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
     return model.mask_decoder(
         image_embeddings=embeddings,
@@ -36,9 +58,15 @@ def decode(
 
 
 def initial_prompts(gts: np.ndarray, cfg: PromptConfig, rng: np.random.Generator, input_hw: list[tuple[int, int]],
-                    image_index: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Either a jittered box per object (probability ``box_prob``) or one positive point inside each object.
-    Returns (point coords N x P x 2, labels N x P, boxes N x 4), unused parts None."""
+                    image_index: np.ndarray, stored: list | None = None, names: list[str] | None = None,
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Either a jittered box per object (probability ``box_prob``) or one positive point inside each object; with
+    ``cfg.source == "stored"``, each object's stored prompt (``stored``, one per object; ``names`` the image of
+    each). Returns (point coords N x P x 2, labels N x P, boxes N x 4), unused parts None."""
+    if cfg.source == "stored":
+        if stored is None:
+            raise ValueError(f"prompts.source=stored, but no image of this batch has stored prompts ({names})")
+        return pack_stored_prompts(stored, names if names is not None else ["?"] * len(stored))
     if rng.random() < cfg.box_prob:
         boxes = np.stack([
             jitter_box(mask_to_box(gt), input_hw[i], rng, cfg.box_noise, cfg.box_max_noise)
@@ -74,12 +102,13 @@ def training_losses(
     encoder = model.image_encoder if embed is None else embed
     embeddings = encoder(images)[image_index.to(device)]  # one encoder pass per image
     low_res_size = model.prompt_encoder.mask_input_size
-    targets = gts.float()
+    targets = batch["targets"].to(device).float() if "targets" in batch else gts.float()  # soft targets stay soft
     if loss_resolution == "low_res":
         targets = F.interpolate(targets[:, None], low_res_size, mode="area")[:, 0]
 
     gts_np = gts.cpu().numpy()
-    coords, labels, boxes = initial_prompts(gts_np, cfg, rng, batch["input_hw"], image_index.numpy())
+    coords, labels, boxes = initial_prompts(gts_np, cfg, rng, batch["input_hw"], image_index.numpy(),
+                                            batch.get("prompts"), [batch["names"][i] for i in image_index.tolist()])
     mask_input = None
     pred_np: np.ndarray | None = None  # this round's masks, for the next round's correction clicks
     rounds = [True] + [True] * cfg.correction_rounds + [False] * cfg.mask_only_rounds  # add a click?

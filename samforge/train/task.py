@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from samforge.data.readers import open_dataset
+from samforge.data.split import CaseSplit, split_datasets
 from samforge.models.build import build_sam, resolve_sam_config
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.configs import SamConfig
@@ -49,13 +50,21 @@ class SamTask:
 
     family = "sam"
     collate: Callable = staticmethod(collate_samples)
+    split: CaseSplit | None = None  # the held-out split, when validation is held out of data.train (the trainer's)
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.embed: EmbeddingCache | None = None
 
     def open_data(self) -> tuple[Any, Any]:
-        return open_dataset(self.cfg.data.train, self.cfg.data.images), open_dataset(self.cfg.data.val, self.cfg.data.images)
+        """(training data, validation data); the latter None when ``data.val`` is None (held out of the former)."""
+        data = self.cfg.data
+        train = open_dataset(data.train, data.images)
+        if self.cfg.prompts.source == "stored" and not getattr(train, "has_stored_prompts", False):
+            raise ValueError(f"prompts.source=stored, but {data.train} stores no prompts: expected an images/ + masks/ "
+                             "folder with annotations/<image>.json or dataset_info.json (samforge.data.stored_prompts)")
+        val = None if data.val is None else open_dataset(data.val, data.images)
+        return train, val
 
     def build_model(self, device: torch.device) -> BuiltModel:
         name, sam_config = resolve_model_config(self.cfg)
@@ -101,16 +110,21 @@ class Sam2Task:
 
     family = "sam2"
     collate: Callable = staticmethod(collate_clips)
+    split: CaseSplit | None = None  # the held-out split, when validation is held out of data.train (the trainer's)
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
     def open_data(self) -> tuple[Any, Any]:
+        """(training clips, validation clips); the latter None when ``data.val`` is None (held out of the former)."""
         from samforge.data.clip_dataset import open_clip_dataset
 
-        cfg = self.cfg
-        return (open_clip_dataset(cfg.data.train, images=cfg.data.images),
-                open_clip_dataset(cfg.data.val, images=cfg.data.images))
+        data = self.cfg.data
+        if self.cfg.prompts.source == "stored":
+            raise ValueError("prompts.source=stored trains SAM (v1) models; SAM 2 samples its prompts as the official "
+                             "trainer does (sam2_prompts.*)")
+        val = None if data.val is None else open_clip_dataset(data.val, images=data.images)
+        return open_clip_dataset(data.train, images=data.images), val
 
     def build_model(self, device: torch.device) -> BuiltModel:
         name, overrides = resolve_sam2_model(self.cfg)
@@ -149,8 +163,13 @@ class Sam2Task:
         from samforge.predict.sam2_video_predictor import video_predictor_for
 
         cfg = self.cfg
-        if cfg.data.num_frames == 1:
-            _image_protocols(model, open_dataset(cfg.data.val, cfg.data.images), cfg, out)
+        if cfg.data.num_frames == 1:  # the same images (or held-out cases) as one-frame clips
+            if self.split is None:
+                images = open_dataset(cfg.data.val, cfg.data.images)
+            else:
+                full = open_dataset(cfg.data.train, cfg.data.images)
+                images = split_datasets(full, self.split, cfg.data.train)[1]
+            _image_protocols(model, images, cfg, out)
         elif getattr(val_data, "is_volume", False):  # volumes: 3D Dice, each organ from its largest slice
             from samforge.evaluate.volume_metrics import evaluate_volumes
 
@@ -180,7 +199,9 @@ def _image_protocols(model: torch.nn.Module, data: Any, cfg: TrainConfig, out: P
     from samforge.evaluate.evaluator import evaluate_dataset
     from samforge.evaluate.report import format_table
 
-    result = evaluate_dataset(model, data, seed=cfg.seed, max_images=cfg.val_images)
+    stored = cfg.prompts.source == "stored" and getattr(data, "has_stored_prompts", False)
+    result = evaluate_dataset(model, data, seed=cfg.seed, max_images=cfg.val_images,
+                              prompts="stored" if stored else "simulated")
     result.write(out / "eval")
     print(format_table(result.to_metrics_dict()))
 

@@ -25,17 +25,18 @@ from tqdm import tqdm
 
 from samforge.data.readers import summarize_bad_samples
 from samforge.data.sampler import ResumableSampler
+from samforge.data.split import describe_split, held_out_split, split_datasets
 from samforge.train.adapter_file import save_adapter, weights_fingerprint
-from samforge.train.checkpoint import load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
+from samforge.train.checkpoint import load_resume_checkpoint, rng_state, save_training_checkpoint, set_rng_state
 from samforge.train.config import TrainConfig, config_to_dict, config_to_yaml
 from samforge.train.finetune import apply_finetune
 from samforge.train.optim import build_optimizer, build_scheduler
-from samforge.train.plots import plot_curves, read_metrics
+from samforge.train.plots import plot_curves
 from samforge.train.sam2_step import Sam2TrainingForward
 from samforge.train.step import TrainingForward
 from samforge.train.task import task_for
 from samforge.train.time_budget import TimeBudget
-from samforge.utils.atomic import atomic_write_bytes
+from samforge.utils.atomic import atomic_write_bytes, remove_stale_temporaries
 
 RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed", "finetune")
 
@@ -78,8 +79,28 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint, so the run continues where it was saved."""
         if self.enabled and self.path.is_file():
-            kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= step]
+            kept = [json.dumps(r) for r in self.read() if r["step"] <= step]
             atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def read(self) -> list[dict]:
+        """The records; a torn last line (the run killed while appending it) is skipped with a message, any other
+        line that is not a JSON record with a "step" is a ``ValueError`` naming the file and line."""
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+        records = []
+        for k, (i, line) in enumerate(numbered):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError(f"expected a JSON object with an integer 'step', got {line[:80]!r}")
+            except ValueError as e:
+                if k == len(numbered) - 1:
+                    print(f"{self.path}: skipping its last line {i}, torn by a killed run ({line[:60]!r}...)")
+                    break
+                raise ValueError(f"{self.path}: line {i} is not a metrics record ({e}); fix or delete that line "
+                                 "to resume the run") from e
+            records.append(record)
+        return records
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -112,13 +133,25 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if main_process:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for removed in remove_run_temporaries(out):
+            print(f"removed {removed}, a temporary file left by a killed run")
 
     # -- data
     task = task_for(cfg)
     train_data, val_data = task.open_data()
+    val_name = cfg.data.val
+    if val_data is None:  # no validation data named: hold out cases of data.train (split.json, kept on resume)
+        split, split_file = held_out_split(train_data, cfg.data.train, cfg.data.val_split, cfg.seed, out,
+                                           cfg.data.split, write=main_process)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=str(split_file)))
+        train_data, val_data = split_datasets(train_data, split, cfg.data.train)
+        task.split = split
+        val_name = f"{len(split.val_cases)} held-out cases of {cfg.data.train}"
+        if main_process:
+            print(describe_split(split, split_file, train_data, cfg.data.train))
     if main_process:
         for name, data in (("train", train_data), ("val", val_data)):
-            print(f"{name} data: {cfg.data.train if name == 'train' else cfg.data.val}: {len(data)} images")
+            print(f"{name} data: {cfg.data.train if name == 'train' else val_name}: {len(data)} images")
             if data.bad_samples or getattr(data, "dropped_objects", 0) or getattr(data, "skipped_empty_slices", 0):
                 print(summarize_bad_samples(data))
 
@@ -139,13 +172,21 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     # -- resume
     last = ckpt_dir / "last.pt"
     metrics = MetricsLog(out / "metrics.jsonl", main_process)
-    if last.is_file():
-        ckpt = load_training_checkpoint(last)
+    ckpt, note = load_resume_checkpoint(ckpt_dir)
+    if note and main_process:
+        print(note)
+    if ckpt is not None:
         saved = ckpt["config"]
         now = config_to_dict(cfg)
+        if isinstance(saved.get("data"), dict):  # data keys added since the run was saved count as their defaults
+            defaults = config_to_dict(TrainConfig())["data"]
+            saved = {**saved, "data": {**{k: defaults[k] for k in ("val_split", "split")}, **saved["data"]}}
         changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != now.get(k)]
         if changed:
-            raise ValueError(f"{out} holds a run with different {changed}; use another out folder to start a new run")
+            fields = ({k: f"{saved['data'].get(k)!r} -> {v!r}" for k, v in now["data"].items()
+                       if saved["data"].get(k) != v} if "data" in changed else {})
+            raise ValueError(f"{out} holds a run with different {changed}{f' (data: {fields})' if fields else ''}; "
+                             "use another out folder to start a new run")
         model.load_state_dict(ckpt["model"])
         loss_fn.load_state_dict(ckpt.get("loss", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -159,6 +200,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             print(f"resuming {out} from step {step}")
     elif main_process:
         atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
+        metrics.truncate_after(0)  # lines of a run killed before its first checkpoint: it starts over
 
     if distributed:
         forward = torch.nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True)
@@ -252,7 +294,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             overlay_path = out / "overlays" / f"val_step{step:06d}.png"
             t_val = time.perf_counter()
             val = task.validate(forward_module, val_batches, autocast)
-            task.save_overlays(model, overlay_samples, overlay_path)
+            if finished or (cfg.vis_every and (step // cfg.val_every) % cfg.vis_every == 0):
+                task.save_overlays(model, overlay_samples, overlay_path)
             budget.validated(time.perf_counter() - t_val)
             metrics.write({"step": step, "split": "val", **{k: round(v, 6) for k, v in val.items()}})
             plot_curves(out / "metrics.jsonl", out / "curves.png")
@@ -282,6 +325,20 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         dist.barrier()
         dist.destroy_process_group()
     return TrainOutcome(out, model, step, schedule.total_steps)
+
+
+# files a run writes with atomic_path, by folder: their temporaries are removed when a run starts
+RUN_FILES = {".": ("config.yaml", "metrics.jsonl", "curves.png", "adapter.safetensors", "split.json"),
+             "checkpoints": ("last.pt", "best.pt"), "overlays": None, "eval": None}  # None: every file there
+
+
+def remove_run_temporaries(out: Path) -> list[Path]:
+    """Delete the temporaries of the run folder's own files that killed runs left (never those of a process
+    still running); returns them."""
+    removed = []
+    for folder, names in RUN_FILES.items():
+        removed += remove_stale_temporaries(out / folder, names)
+    return removed
 
 
 def peak_memory_mb(device: torch.device) -> float:

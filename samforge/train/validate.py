@@ -1,5 +1,6 @@
 """Quick validation during training: loss, and mIoU/Dice of the box and centre-point prompts, batched over
-all objects of a few held-out images in the model's input frame. (The full protocol evaluation runs at the end.)"""
+all objects of a few held-out images in the model's input frame; for named structures (REFUGE's disc and cup)
+also the box and centre-point Dice of each (``box_dice_disc``, ...). (The full protocol evaluation runs at the end.)"""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def validate(model: Sam, batches: list[dict], loss_fn: SamLoss, autocast: Abstra
     model.eval()
     sums: dict[str, float] = {}
     count = 0
+    per_structure: dict[str, int] = {}  # objects of each named structure
     for batch in batches:
         gts = batch["masks"].to(model.device)
         if len(gts) == 0:
@@ -48,7 +50,11 @@ def validate(model: Sam, batches: list[dict], loss_fn: SamLoss, autocast: Abstra
                            ("point_miou", pt_iou_v.sum()), ("point_dice", pt_dice_v.sum())):
             sums[key] = sums.get(key, 0.0) + float(value)
         count += n
+        for k, name in enumerate(batch.get("structures", [])):  # named structures (REFUGE): Dice of each
+            for key, value in ((f"box_dice_{name}", box_dice_v[k]), (f"point_dice_{name}", pt_dice_v[k])):
+                sums[key] = sums.get(key, 0.0) + float(value)
+            per_structure[name] = per_structure.get(name, 0) + 1
     model.train(was_training)
     if count == 0:
         raise ValueError("validation data has no object")
-    return {k: v / count for k, v in sums.items()}
+    return {k: v / (per_structure[k.split("_dice_", 1)[1]] if "_dice_" in k else count) for k, v in sums.items()}

@@ -20,9 +20,13 @@ const imageCanvas = $("image-canvas"), overlay = $("overlay");
 function setStatus(text) { $("status").textContent = text; }
 function enc(name) { return encodeURIComponent(name); }
 
+// the server's token, which requests that change anything must carry (serve/guard.py)
+const TOKEN = document.querySelector('meta[name="samforge-token"]').content;
+
 async function api(method, path, body) {
   const opts = { method, headers: {} };
-  if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+  if (method !== "GET") { opts.headers["Content-Type"] = "application/json"; opts.headers["X-Samforge-Token"] = TOKEN; }
+  if (body !== undefined) opts.body = JSON.stringify(body);
   const res = await fetch(path, opts);
   const data = await res.json().catch(() => ({ detail: res.statusText }));
   if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));

@@ -1,0 +1,1 @@
+"""``sam2.modeling`` under samforge (``sam2_base`` only)."""

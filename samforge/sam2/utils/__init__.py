@@ -1,0 +1,1 @@
+"""``sam2.utils`` under samforge: ``misc``, ``transforms`` and ``amg``."""

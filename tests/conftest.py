@@ -11,6 +11,14 @@ from samforge.models.build import build_sam
 from samforge.models.configs import SAM_CONFIGS, SamConfig
 
 
+@pytest.fixture(autouse=True)
+def bf16_runs_as_bf16(monkeypatch):
+    """``precision="bf16"`` on a CPU without native bf16 runs "fp32-fast" (samforge.predict.precision); tests of the
+    bf16 path run it for real on every CPU (emulated, slowly, where there is no native bf16), so the capability
+    query says yes. tests/test_cpu_precision.py patches it back to test the fallback itself."""
+    monkeypatch.setattr("samforge.predict.precision.native_cpu_bf16", lambda: True)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module (ask for it with ``pytest.mark.usefixtures("one_thread")``). On 2

@@ -288,3 +288,57 @@ def test_track_a_series_writes_a_nifti_mask_with_the_series_affine(tmp_path):
     for t in range(5):  # slice t of the series is frame t's label PNG
         assert np.array_equal(data[:, :, t], np.asarray(Image.open(out / "masks" / f"{t:05d}.png")))
     assert data[:, :, 2].any()
+
+
+def _pydicom_reads(monkeypatch) -> list:
+    """Record the files the reader hands to pydicom's parser (the others are read by walking the first's layout)."""
+    import samforge.data.dicom as dicom
+
+    seen, parse = [], dicom._read_file
+    monkeypatch.setattr(dicom, "_read_file", lambda path, pixels: seen.append(path.name) or parse(path, pixels))
+    return seen
+
+
+@pytest.mark.parametrize("pixels, implicit", [(True, False), (False, False), (True, True)])
+def test_only_the_first_file_is_parsed_when_the_others_repeat_its_layout(tmp_path, monkeypatch, pixels, implicit):
+    import samforge.data.dicom as dicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    # element lengths differ from file to file (UIDs, InstanceNumber, positions, a per-slice intercept)
+    names = write_series(tmp_path / "s", range(12))
+    for k, name in enumerate(names):  # slice k: intercept -1024 + 1000 k, written as DS of another length
+        ds = pydicom.dcmread(tmp_path / "s" / name)
+        ds.RescaleIntercept = -1024 + 1000 * k
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(tmp_path / "s" / name, enforce_file_format=True)
+    parsed = _pydicom_reads(monkeypatch)
+    fast = read_dicom_series(tmp_path / "s") if pixels else (None, scan_dicom_series(tmp_path / "s"))
+    assert parsed == [sorted(names, key=lambda n: int(n[2:6]))[0]]
+    monkeypatch.setattr(dicom, "_layout", lambda data, pixels: None)  # every file through pydicom
+    slow = read_dicom_series(tmp_path / "s") if pixels else (None, scan_dicom_series(tmp_path / "s"))
+    assert len(parsed) == 1 + 12
+    assert fast[1].files == slow[1].files and np.array_equal(fast[1].affine, slow[1].affine)
+    if pixels:
+        assert np.array_equal(fast[0], slow[0])
+        for k in range(12):
+            assert np.array_equal(fast[0][:, :, k], stored_values(k).T.astype(np.int32) - 1024 + 1000 * k)
+
+
+def test_files_that_depart_from_the_first_files_layout_are_parsed(tmp_path, monkeypatch):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    names = write_series(tmp_path / "s", range(5), slope=0.5, intercept=-10.25)
+    order = sorted(names, key=lambda n: int(n[2:6]))  # the order the reader visits them
+    implicit, extra = tmp_path / "s" / order[2], tmp_path / "s" / order[3]
+    ds = pydicom.dcmread(implicit)  # another transfer syntax: other element headers
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, enforce_file_format=True)
+    ds = pydicom.dcmread(extra)  # one element more
+    ds.SliceLocation = "12.5"
+    ds.save_as(extra, enforce_file_format=True)
+    parsed = _pydicom_reads(monkeypatch)
+    vol, _ = read_dicom_series(tmp_path / "s")
+    assert parsed == [order[0], order[2], order[3]]
+    for k in range(5):
+        assert np.allclose(vol[:, :, k], stored_values(k).T * 0.5 - 10.25)

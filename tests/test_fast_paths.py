@@ -29,7 +29,7 @@ from samforge.models.image_encoder import (
 from samforge.models.sam2.hiera import MultiScaleAttention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST_MODES = ("folded", "sdpa_bias")
+FAST_MODES = ("folded", "sdpa_bias", "chunked")
 MIN_IOU = 0.98
 
 
@@ -249,7 +249,7 @@ def test_sam_predictor_default_is_exact(small_pair):
 @pytest.mark.parametrize("bad", ["fp16", "BF16", None, 16])
 def test_bad_precision_refused(small_pair, bad):
     _, ours = small_pair
-    with pytest.raises(ValueError, match=r"precision must be one of \['bf16', 'fp32', 'fp32-fast'\]"):
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'bf16', 'fp32', 'fp32-fast', 'int8'\]"):
         SamPredictor(ours, precision=bad)
 
 

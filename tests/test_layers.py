@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[1] / "samforge"
 ALLOWED = {
     "weights": {"weights"},  # the official weights by name: download, verify, cache (the bottom layer)
     "models": {"models", "weights"},
-    "predict": {"models", "predict"},
+    "predict": {"models", "predict", "weights"},
     "data": {"data", "utils", "viz"},
     "viz": {"viz"},
     "utils": {"utils"},
     "export": {"export", "models", "predict", "utils"},  # deployment: the predictors' preprocessing constants
     "serve": {"serve", "predict", "data", "models", "utils"},  # a face: cli/ is the only layer it may not use
+    "engine": {"engine", "models", "data", "predict", "train", "evaluate", "utils", "weights", "viz"},  # not the faces
 }
 
 

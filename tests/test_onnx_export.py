@@ -456,8 +456,16 @@ def test_onnx_predictor_input_errors(exported, scene, tmp_path):
         predictor.predict(np.array([[1.0, 2.0]]), np.array([1, 1]))
     with pytest.raises(ValueError, match="point_labels must be 1"):
         predictor.predict(np.array([[1.0, 2.0]]), np.array([2]))
-    with pytest.raises(ValueError, match="inside the image"):
-        predictor.predict(np.array([[W + 5.0, 2.0]]), np.array([1]))
+    with pytest.warns(UserWarning, match="a point lies outside the image"):  # used as given, as in PyTorch
+        masks, _, _ = predictor.predict(np.array([[W + 5.0, 2.0]]), np.array([1]))
+    assert masks.shape[-2:] == (H, W)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a box overshooting the border is everyday input: no warning
+        predictor.predict(box=np.array([-1.0, 0.0, W + 1.0, 10.0]))
+    with pytest.warns(UserWarning, match="a box lies entirely outside the image"):
+        predictor.predict(box=np.array([W + 1.0, 0.0, W + 9.0, 10.0]))
+    with pytest.raises(ValueError, match="finite"):
+        predictor.predict(np.array([[np.nan, 2.0]]), np.array([1]))
     with pytest.raises(ValueError, match="x0 <= x1"):
         predictor.predict(box=np.array([50.0, 10.0, 20.0, 40.0]))
     with pytest.raises(ValueError, match=r"mask_input must have shape \(1, 64, 64\)"):

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -495,10 +496,13 @@ def test_onnx_predictor_input_errors(exported, scene, tmp_path):
         predictor.predict(np.array([[1.0, 2.0]]), np.array([1, 1]))
     with pytest.raises(ValueError, match="point_labels must be 1"):
         predictor.predict(np.array([[1.0, 2.0]]), np.array([5]))
-    with pytest.raises(ValueError, match="inside the image"):
+    with pytest.warns(UserWarning, match="a point lies outside the image"):  # used as given, as in PyTorch
         predictor.predict(np.array([[W + 5.0, 2.0]]), np.array([1]))
-    with pytest.raises(ValueError, match="inside the image"):  # normalized coordinates must be in [0, 1]
+    with pytest.warns(UserWarning, match="outside the image"):  # normalized coordinates: the image is [0, 1]
         predictor.predict(np.array([[2.0, 0.5]]), np.array([1]), normalize_coords=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a box overshooting the border is everyday input: no warning
+        predictor.predict(box=np.array([-1.0, 0.0, W + 1.0, 10.0]))
     with pytest.raises(ValueError, match="x0 <= x1"):
         predictor.predict(box=np.array([50.0, 10.0, 20.0, 40.0]))
     with pytest.raises(ValueError, match="same batch size"):

@@ -3,6 +3,7 @@ trainer's loss, and the REFUGE metrics as Medical-SAM2 reports them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -332,3 +333,71 @@ def test_finetune_vis_flag_checks_its_value(tmp_path, capsys):
     code = main(["finetune", "--base", "vit_small:none.pth", "--data", "synthetic-fundus:2:64", "--mode", "full",
                  "--vis", "-1", "--out", str(tmp_path / "run")])
     assert code == 2 and "--vis must be an integer >= 0 (overlays every N validations), got -1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the MedSAM2 REFUGE workflow, one command
+
+SAM2_TINY = ["++model.image_size=64", "++model.image_encoder.trunk.embed_dim=16",
+             "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]"]
+SAM_TINY = {"image_size": 64, "patch_size": 8, "encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2,
+            "encoder_global_attn_indexes": (0,), "window_size": 4, "prompt_embed_dim": 32, "decoder_num_heads": 2,
+            "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32}
+FINETUNE_COMMON = ["--mode", "full", "--vis", "2", "steps=2", "val_every=1", "batch_size=2", "val_images=2",
+                   "data.num_workers=0", "precision=fp32", "optim.warmup_steps=1"]
+
+
+def _check_refuge_run(run: Path, data: Path, printed: str) -> None:
+    """What the workflow leaves: a held-out split of the data's cases, per-structure Dice at each validation, the
+    REFUGE block (Dice/IoU and the threshold-averaged form per structure) in eval/metrics.json, overlays."""
+    split = json.loads((run / "split.json").read_text())
+    assert split["data"] == f"refuge:{data}" and len(split["val_cases"]) == 1 and len(split["train_cases"]) == 4
+    assert all(c.startswith("Training-400/fundus") for c in split["val_cases"] + split["train_cases"])
+    assert f"validating on 1 held-out cases of refuge:{data}" in printed
+    val = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in r]
+    assert len(val) == 2
+    for row in val:
+        for prompt in ("box", "point"):
+            parts = [row[f"{prompt}_dice_{s}"] for s in ("disc", "cup")]
+            assert all(0.0 <= v <= 1.0 for v in parts)
+            assert np.mean(parts) == pytest.approx(row[f"{prompt}_dice"], abs=2e-6)  # one disc, one cup per image
+    refuge = json.loads((run / "eval" / "metrics.json").read_text())["refuge"]
+    assert refuge["num_images"] == 1 and refuge["thresholds"] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for s in ("disc", "cup"):
+        assert set(refuge[s]) == {"dice", "iou", "dice_thr_avg", "iou_thr_avg"}
+        assert all(0.0 <= v <= 1.0 for v in refuge[s].values())
+    assert "structure     Dice     IoU  Dice@thr  IoU@thr" in printed
+    assert sorted(p.name for p in (run / "overlays").iterdir()) == ["val_step000002.png"]  # every 2nd validation
+
+
+def test_medsam2_refuge_workflow_with_a_sam2_base(tmp_path, capsys):
+    from samforge.cli.main import main
+    from samforge.models.sam2.build import build_sam2
+
+    data = tmp_path / "REFUGE"
+    assert main(["synth", "--fundus", "5", "--size", "64", "--out", str(data)]) == 0
+    torch.manual_seed(0)
+    ckpt = tmp_path / "sam2_tiny.pt"
+    torch.save({"model": build_sam2("sam2.1_hiera_t", None, device="cpu", hydra_overrides_extra=SAM2_TINY)
+                .state_dict()}, ckpt)
+    overrides = "model.overrides=[" + ",".join(f"'{o}'" for o in SAM2_TINY) + "]"
+    code = main(["finetune", "--base", f"sam2.1_hiera_t:{ckpt}", "--data", f"refuge:{data}",
+                 "--out", str(tmp_path / "run"), *FINETUNE_COMMON, overrides, "sam2_prompts.num_correction_points=1"])
+    assert code == 0
+    _check_refuge_run(tmp_path / "run", data, capsys.readouterr().out)
+
+
+def test_medsam2_refuge_workflow_with_a_sam_base(tmp_path, capsys):
+    from samforge.cli.main import main
+    from samforge.models.build import build_sam
+    from samforge.models.configs import SAM_CONFIGS
+
+    data = tmp_path / "REFUGE"
+    assert main(["synth", "--fundus", "5", "--size", "64", "--out", str(data)]) == 0
+    torch.manual_seed(0)
+    ckpt = tmp_path / "sam_tiny.pth"
+    torch.save(build_sam(dataclasses.replace(SAM_CONFIGS["vit_small"], **SAM_TINY)).state_dict(), ckpt)
+    arch = "model.arch={" + ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in SAM_TINY.items())
+    code = main(["finetune", "--base", f"vit_small:{ckpt}", "--data", f"refuge:{data}",
+                 "--out", str(tmp_path / "run"), *FINETUNE_COMMON, arch + "}"])
+    assert code == 0
+    _check_refuge_run(tmp_path / "run", data, capsys.readouterr().out)

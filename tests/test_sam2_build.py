@@ -169,7 +169,42 @@ def test_from_pretrained_local_file(official_tiny_file):
     assert torch.equal(predictor.model.no_mem_embed, state["no_mem_embed"])
     with pytest.raises(ValueError, match="looks like a 'sam2.1_hiera_t' checkpoint"):
         SAM2ImagePredictor.from_pretrained(path, config_file="sam2.1_hiera_s")
-    with pytest.raises(ValueError, match="sam2.1_hiera_small.pt"):
-        SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-small")
     with pytest.raises(FileNotFoundError):
         SAM2ImagePredictor.from_pretrained(path.parent / "nope.pt")
+
+
+def test_from_pretrained_fetches_an_official_id_through_the_hub(official_tiny_file, tmp_path, monkeypatch):
+    """An official id goes through samforge.weights (huggingface_hub, then the table's size and hash check);
+    without huggingface_hub the message says what to install. No network: the hub is a stand-in."""
+    import dataclasses
+    import hashlib
+    import sys
+    import types
+
+    from samforge.weights import WEIGHTS
+
+    path, state = official_tiny_file
+    body = path.read_bytes()
+    entry = dataclasses.replace(WEIGHTS["sam2.1_hiera_tiny"], size=len(body), sha256=hashlib.sha256(body).hexdigest())
+    monkeypatch.setitem(WEIGHTS, "sam2.1_hiera_tiny", entry)
+    monkeypatch.setenv("SAMFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed: the import fails
+    with pytest.raises(ImportError, match="pip install huggingface_hub"):
+        SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny")
+    calls = []
+
+    def hf_hub_download(repo_id, filename, local_files_only=False):
+        calls.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=hf_hub_download))
+    predictor = SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny", mask_threshold=0.5)
+    assert calls == [("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt")]
+    assert predictor.model.config_name == "sam2.1_hiera_t" and predictor.mask_threshold == 0.5
+    assert torch.equal(predictor.model.no_mem_embed, state["no_mem_embed"])
+    monkeypatch.setitem(WEIGHTS, "sam2.1_hiera_tiny", dataclasses.replace(entry, sha256="0" * 64))
+    (tmp_path / "cache" / "weights" / "hub").mkdir(parents=True, exist_ok=True)
+    for stamp in (tmp_path / "cache").rglob("*.verified.json"):
+        stamp.unlink()
+    with pytest.raises(ValueError, match="mismatch"):  # the hub's file is checked against the table
+        SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny")

@@ -234,3 +234,35 @@ def test_all_frames_prompted_with_masks_still_backpropagates(model):
     out = forward(disk_clip(2), np.random.default_rng(0))
     assert out["loss"].requires_grad
     out["loss"].backward()
+
+
+def test_learned_weighting_combines_the_sam2_loss_terms(model):
+    from samforge.train.config import load_config
+    from samforge.train.task import Sam2Task
+
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1
+    out = {"multistep_pred_multimasks": [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))],
+           "multistep_pred_ious": [torch.tensor([[0.3, 0.6, 0.1], [0.2, 0.2, 0.2]])],
+           "multistep_object_score_logits": [torch.tensor([[1.0], [0.5]])]}
+    fixed, learned = MultiStepMultiMaskLoss(), MultiStepMultiMaskLoss(learned_weighting=True)
+    assert learned.learned_terms == ("focal", "dice", "iou", "class") and fixed.weighting is None
+    ref = fixed([out], target)
+    assert torch.allclose(learned([out], target)["loss"], ref["loss"])  # log-variances start at 0: weight 1
+    with torch.no_grad():
+        learned.weighting.log_vars.copy_(torch.tensor([1.0, 0.0, -1.0, 0.5]))
+    res = learned([out], target)
+    terms = torch.stack([20 * ref["focal"], ref["dice"], ref["iou"], ref["class"]])
+    s = learned.weighting.log_vars.detach()
+    assert torch.allclose(res["loss"], (torch.exp(-s) * terms + s).sum())
+    res["loss"].backward()
+    assert learned.weighting.log_vars.grad.abs().sum() > 0  # the weights learn
+    no_class = MultiStepMultiMaskLoss(class_weight=0.0, learned_weighting=True)
+    assert no_class.learned_terms == ("focal", "dice", "iou")
+    with pytest.raises(ValueError, match="learned_weighting needs at least one loss term"):
+        MultiStepMultiMaskLoss(0.0, 0.0, 0.0, 0.0, learned_weighting=True)
+    # the trainer's SAM 2 task builds it from loss.learned_weighting, so its weights reach the optimizer
+    cfg = load_config(None, ["model.type=sam2.1_hiera_t", "loss.learned_weighting=true"])
+    forward = Sam2Task(cfg).training_forward(model, "fp32", None, torch.device("cpu"))
+    assert forward.loss_fn.weighting is not None
+    assert any(p is forward.loss_fn.weighting.log_vars for p in forward.parameters())

@@ -215,3 +215,27 @@ def test_finetune_without_val_holds_out_cases_of_its_data(tmp_path, monkeypatch)
     assert seen[-1].data.val == "synthetic:4:64"
     assert main([*base, "--data", "synthetic:8:64"]) == 0  # synthetic training data keeps the synthetic default
     assert seen[-1].data.val == "synthetic:64:256:100000"
+
+
+def test_a_prefixed_spec_records_cases_relative_to_its_folder_and_survives_a_move(tmp_path):
+    from samforge.data.readers import open_dataset
+    from samforge.data.split import data_folder
+    from samforge.data.synthetic_fundus import write_fundus_layout
+
+    assert data_folder("refuge:/d/REFUGE:rater=all:part=test") == "/d/REFUGE"
+    assert data_folder("refuge:/d/a:b") == "/d/a:b" and data_folder("my_folder/") == "my_folder/"
+    write_fundus_layout(tmp_path / "a", 4, (64, 64), seed=0)
+    spec = f"refuge:{tmp_path / 'a'}:rater=all"
+    dataset = open_dataset(spec)
+    keys = case_keys(dataset, spec)
+    assert len(keys) == 28 and len(set(keys)) == 4  # 7 raters' samples of each case share it
+    assert set(keys) == {f"Training-400/fundus0000{n}/fundus0000{n}.jpg" for n in range(4)}
+    split = make_split(keys, 0.25, seed=0, data=spec)
+    # a split written before such specs were made relative (full paths) still reads where the data has not moved
+    old = make_split([str(tmp_path / "a" / k) for k in keys], 0.25, seed=0, data=spec)
+    assert [len(v) for v in split_datasets(dataset, old, spec)] == [21, 7]
+    (tmp_path / "a").rename(tmp_path / "moved")
+    moved = f"refuge:{tmp_path / 'moved'}"
+    train_view, val_view = split_datasets(open_dataset(moved), split, moved)
+    assert len(train_view) == 3 and len(val_view) == 1
+    assert Path(val_view.names[0]).parent.name + "/" in split.val_cases[0]

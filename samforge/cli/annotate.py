@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from samforge.cli.common import add_model_args, load_model, prepare_out_dir
+from samforge.cli.common import add_model_args, add_precision_arg, load_model, prepare_out_dir
 
 if TYPE_CHECKING:  # the web stack is imported only when the annotator runs
     from samforge.serve.store import AnnotationStore
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (its top level)")
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument("--out", required=True, metavar="LABELS_DIR", help="folder for the labels and the export")
     p.add_argument("--labels", default=",".join(DEFAULT_LABELS),
                    help="comma-separated label names offered on the page (default: object)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     app = create_app(model, args.images_dir, args.out, labels, model_name=args.model_type or "checkpoint",
                      cache_size=args.cache_size, everything={"points_per_side": args.points_per_side},
-                     allowed_hosts=allowed_hosts(args.host))
+                     allowed_hosts=allowed_hosts(args.host), precision=args.precision)
     _report_removed(app.state.annotator.store)
     if warning:
         print(warning, flush=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from samforge.cli.common import add_model_args, load_model, prepare_out_dir
 from samforge.data.readers import open_dataset, summarize_bad_samples
+from samforge.data.recipes import RECIPES
 from samforge.data.split import read_split, split_datasets
 from samforge.evaluate import evaluate_dataset, format_table
 from samforge.evaluate.compare import (before_after_png, compare_metrics, compare_scalars, format_comparison,
@@ -76,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "stored prompts each object with the points/box stored with the data (annotations/<image>.json "
                    "or dataset_info.json beside images/ and masks/; see samforge.data.stored_prompts) -> the "
                    "'stored' mIoU/Dice in metrics.json")
+    p.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="with --data: also evaluate each object on the first prompt this training recipe "
+                   "(prompts.recipe, samforge.data.recipes) trains with, drawn as in training (e.g. medsam: the box "
+                   "moved outward by 0-5 px) -> the 'recipe' mIoU/Dice in metrics.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N images (clips with --video, volumes with --volumes)")
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--axis applies to --volumes only")
     if args.prompts != "simulated" and args.data is None:
         raise ValueError(f"--prompts {args.prompts} applies to --data (images) only")
+    if args.recipe is not None and (args.data is None or args.prompts != "simulated"):
+        raise ValueError(f"--recipe {args.recipe} applies to --data with simulated prompts only")
     if args.data is not None and args.prompt != "box":
         raise ValueError("--prompt applies to --video and --volumes; --data evaluates every prompt protocol")
     if args.volumes is not None and args.prompt not in VOLUME_PROMPTS:
@@ -181,7 +188,8 @@ def _models(args: argparse.Namespace) -> tuple[Sam | SAM2Base, Sam | SAM2Base | 
 
 
 def _eval_images(model, dataset, args):
-    result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images, prompts=args.prompts)
+    result = evaluate_dataset(model, dataset, seed=args.seed, max_images=args.max_images, prompts=args.prompts,
+                              recipe=args.recipe)
     for line in result.skipped[:MAX_BAD_SHOWN]:
         print(f"skipped {line}")
     if len(result.skipped) > MAX_BAD_SHOWN:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from samforge.cli.common import add_model_args, load_model, parse_floats, prepare_out_dir
+from samforge.cli.common import add_model_args, add_precision_arg, load_model, parse_floats, prepare_out_dir
 from samforge.data.volume_clip import is_volume_path, read_volume_clip, write_volume_mask
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.checks import check_box, check_points
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "overlay.gif, objects.json (and mask.nii.gz for a volume) to --out.",
     )
     add_model_args(p, default_model=None)
+    add_precision_arg(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="a folder of frames or a video file (.mp4, .avi, ...)")
     src.add_argument("--volume", help="a 3-D scan: .nii / .nii.gz (NIfTI), .npz with 'imgs' (MedSAM), or a DICOM "
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     if not isinstance(model, SAM2Base):
         raise ValueError(f"tracking needs a SAM 2 model (--model sam2.1_hiera_t, ...), got {args.model_type}")
-    predictor = video_predictor_for(model)  # the official video build's post-processing
+    predictor = video_predictor_for(model, precision=args.precision)  # the official video build's post-processing
     # one pass each way from the prompts: releasing memory that left the window changes no result here
     state = predictor.init_state(source, release_old_memory=True)
     check_prompts_in_frame(prompts, state["num_frames"], (state["video_height"], state["video_width"]))

@@ -402,6 +402,11 @@ class ImageClipDataset(_ClipDatasetBase):
 
         return case_names(self.samples) if hasattr(self.samples, "names") else self.names
 
+    @property
+    def structures(self) -> tuple[str, ...] | None:
+        """The 2D dataset's named structures (REFUGE: disc, cup; object id k is ``structures[k - 1]``), or None."""
+        return getattr(self.samples, "structures", None)
+
     def __getitem__(self, i: int) -> Clip:
         s = self.samples[self._check_index(i)]
         if s.soft_masks is not None:  # never binarised silently

@@ -15,6 +15,9 @@ subfolders are series folders holds several cases. Files are recognised by the `
   series (SeriesInstanceUID) in one folder, a multi-frame or colour file, slices that differ in orientation, size
   or pixel spacing, two slices at one position, a missing slice (a gap that is a multiple of the spacing),
   non-uniform spacing, and slices that shift in-plane (gantry tilt, which would need resampling).
+* Reading: pydicom parses the first file; every other file is read by walking its element headers against the
+  first file's element sequence (the same tags and VRs in the same order; each length read from the file), and
+  parsed by pydicom only where it departs from it (:class:`_Layout`). pydicom's per-file parse was most of the time.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import functools
 import io
 import os
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,19 +138,163 @@ def _read_file(path: Path, pixels: bool):
     raise ValueError(f"not a DICOM file ({type(first).__name__}: {first})") from first
 
 
-def _pixels(path: Path, ds, rows: int, cols: int) -> np.ndarray:
-    """The stored values of one slice (``rows x cols``): straight from the bytes for uncompressed little-endian
-    data, else through pydicom's decoders (compressed data needs the matching pydicom plugin)."""
+@dataclass(frozen=True)
+class _Element:
+    """One top-level element of a series' first file, as the next file must repeat it."""
+
+    tag: int
+    head: bytes  # its tag bytes (and VR bytes, for explicit VR) as they start the element
+    header_size: int  # bytes before its value: 8, or 12 for explicit VRs with a 4-byte length
+    length_size: int  # bytes of its length field: 2 (explicit VR, short form) or 4
+    vr: str | None
+    undefined: bytes | None  # for an undefined-length value (a sequence): its bytes, which must repeat exactly
+    wanted: bool  # one of the tags a slice is read for
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The element sequence of a series' first file (pydicom-parsed), so that the other files need no full parse:
+    a file whose top-level elements are the same tags with the same VRs, in the same order, is read by walking their
+    headers (each value's length read from the file itself) up to the last element needed. Anything else (another
+    element, another order or transfer syntax, a sequence of undefined length that differs) is parsed by pydicom."""
+
+    elements: tuple[_Element, ...]  # the file meta group's, then the dataset's, up to PixelData (or before it)
+    end: int  # where the first file's last element ends
+    implicit: bool
+    syntax: bytes  # the TransferSyntaxUID value, which every file must repeat
+    file_meta: object  # the first file's pydicom FileMetaDataset
+    values: dict  # the first file's value bytes of each tag a slice is read for (PixelData aside)
+
+
+PREAMBLE = 128  # bytes before "DICM"
+_UNDEFINED = 0xFFFFFFFF
+_U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
+_PIXEL_DATA = 0x7FE00010
+_SYNTAX = 0x00020010
+
+
+def _layout(data: bytes, pixels: bool) -> _Layout | None:
+    """The :class:`_Layout` of a Part-10 file (``data``: its bytes) of uncompressed little-endian data, else None."""
+    import pydicom
+    from pydicom.filereader import data_element_generator
+
+    if len(data) < PREAMBLE + 4 or data[PREAMBLE:PREAMBLE + 4] != b"DICM":
+        return None
+    fp = io.BytesIO(data)
+    fp.seek(PREAMBLE + 4)
+    wanted = set(_header_tags(pixels))
+    elements: list[_Element] = []
+    values: dict[int, bytes] = {}
+
+    def walk(implicit: bool, stop) -> dict:
+        raw = {}
+        start = fp.tell()
+        for elem in data_element_generator(fp, implicit, True, stop_when=stop):
+            end = fp.tell()
+            size = elem.value_tell - start
+            undefined = data[elem.value_tell:end] if elem.length == _UNDEFINED else None
+            elements.append(_Element(elem.tag, data[start:start + (4 if implicit else 6)], size,
+                                     4 if implicit or size == 12 else 2, elem.VR, undefined,
+                                     elem.tag in wanted or elem.tag == _SYNTAX))
+            raw[elem.tag] = elem
+            if elem.tag in wanted and elem.tag != _PIXEL_DATA:
+                values[elem.tag] = data[elem.value_tell:end]
+            start = end
+        return raw
+
+    try:
+        meta = walk(False, lambda tag, vr, length: tag.group != 2)
+        syntax = meta[_SYNTAX].value if _SYNTAX in meta else b""
+        if syntax.rstrip(b"\0 ").decode("ascii", "replace") not in NATIVE_SYNTAXES:
+            return None
+        implicit = syntax.rstrip(b"\0 ") == NATIVE_SYNTAXES[0].encode()
+        stop = (lambda tag, vr, length: tag > _PIXEL_DATA) if pixels else (lambda tag, vr, length: tag >= _PIXEL_DATA)
+        found = walk(implicit, stop)
+        if pixels and (_PIXEL_DATA not in found or found[_PIXEL_DATA].length == _UNDEFINED):
+            return None  # no pixels, or encapsulated (compressed) ones
+        file_meta = pydicom.dataset.FileMetaDataset(meta)
+    except Exception:  # noqa: BLE001 - pydicom's own reading of the file then says what is wrong with it
+        return None
+    return _Layout(tuple(elements), fp.tell(), implicit, syntax, file_meta, values)
+
+
+def _walk(data: bytes, layout: _Layout) -> dict | None:
+    """Offset and length of each wanted element's value in ``data``, walking ``layout``'s element sequence; None
+    where ``data`` departs from it."""
+    p, n, at = PREAMBLE + 4, len(data), {}
+    if not data.startswith(b"DICM", PREAMBLE):
+        return None
+    for e in layout.elements:
+        h = p + e.header_size
+        if h > n or not data.startswith(e.head, p):
+            return None
+        length = (_U32 if e.length_size == 4 else _U16).unpack_from(data, h - e.length_size)[0]
+        if length == _UNDEFINED:
+            if e.undefined is None or not data.startswith(e.undefined, h):
+                return None
+            length = len(e.undefined)
+        if h + length > n:
+            return None
+        if e.wanted:
+            at[e.tag] = (e.vr, length, h)
+        p = h + length
+    return at
+
+
+def _read_like(path: Path, layout: _Layout, pixels: bool) -> tuple | None:
+    """``path``'s dataset (the tags a slice is read for), read by walking ``layout``'s element sequence, and the
+    tags whose values differ from the first file's; None when the file departs from it (then pydicom parses it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+
+    with open(path, "rb") as f:
+        data = f.read() if pixels else f.read(layout.end + 4096)  # headers only: a little more than the first's
+    at = _walk(data, layout)
+    if at is None or (pixels and _PIXEL_DATA not in at):
+        return None
+    _, length, h = at[_SYNTAX]  # the first file has one (its layout needs it), so this file too
+    if data[h:h + length] != layout.syntax:
+        return None
+    view = memoryview(data)  # the pixel bytes are not copied
+    ds = Dataset({tag: RawDataElement(tag, vr, length, view[h:h + length] if tag == _PIXEL_DATA else data[h:h + length],
+                                      h, layout.implicit, True)
+                  for tag, (vr, length, h) in at.items() if tag >> 16 != 2})
+    ds.file_meta = layout.file_meta
+    changed = {tag for tag, (_, length, h) in at.items()
+               if tag in layout.values and data[h:h + length] != layout.values[tag]}
+    return ds, changed
+
+
+_FORMAT_TAGS = (0x00280100, 0x00280101, 0x00280103)  # BitsAllocated, BitsStored, PixelRepresentation
+
+
+def _format_key(ds) -> tuple:
+    """What decides how a slice's pixel bytes decode, as cheap to compare values (raw bytes where unconverted)."""
+    items = (ds.get_item(t) for t in _FORMAT_TAGS)
+    return (id(getattr(ds, "file_meta", None)), *(None if e is None else e.value for e in items))
+
+
+def _pixel_format(ds) -> tuple[np.dtype, int] | None:
+    """(dtype, stored bits) of uncompressed little-endian pixel data that can be read straight from its bytes, else
+    None (pydicom's decoders then read it)."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     bits, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0) or 0)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    data = ds.get("PixelData")
-    nbytes = rows * cols * bits // 8
-    if (syntax in NATIVE_SYNTAXES and bits in (8, 16, 32) and 0 < stored <= bits and not (signed and stored < bits)
-            and isinstance(data, bytes) and len(data) >= nbytes):
-        arr = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=rows * cols)
-        arr = arr.reshape(rows, cols)
-        return arr & np.array((1 << stored) - 1, arr.dtype) if stored < bits else arr  # unused high bits cleared
+    if syntax in NATIVE_SYNTAXES and bits in (8, 16, 32) and 0 < stored <= bits and not (signed and stored < bits):
+        return np.dtype(f"<{'i' if signed else 'u'}{bits // 8}"), stored
+    return None
+
+
+def _pixels(path: Path, ds, rows: int, cols: int, fmt: tuple[np.dtype, int] | None) -> np.ndarray:
+    """The stored values of one slice (``rows x cols``): straight from the bytes for uncompressed little-endian
+    data (``fmt``: :func:`_pixel_format`), else through pydicom's decoders (compressed data needs the matching
+    pydicom plugin)."""
+    elem = ds.get_item(_PIXEL_DATA)  # unconverted: its bytes (a view of the file's, from _read_like)
+    data = None if elem is None else elem.value
+    if fmt is not None and isinstance(data, (bytes, memoryview)) and len(data) >= rows * cols * fmt[0].itemsize:
+        dtype, stored = fmt
+        arr = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
+        return arr & np.array((1 << stored) - 1, arr.dtype) if stored < dtype.itemsize * 8 else arr  # high bits cleared
     import pydicom
 
     return pydicom.dcmread(path, force=True).pixel_array  # the whole file: the decoders need more tags
@@ -193,10 +341,27 @@ def _header(path: Path, ds) -> _SliceHeader:
     rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
     if rows < 1 or cols < 1:
         raise ValueError(f"Rows x Columns {rows} x {cols}: expected an image")
+    return _SliceHeader(path, str(getattr(ds, "SeriesInstanceUID", "")), _floats(ds, "ImagePositionPatient", 3),
+                        orientation, (float(spacing[0]), float(spacing[1])), (rows, cols), *_rescale(ds))
+
+
+def _rescale(ds) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (1 and 0 where absent)."""
     slope = float(_floats(ds, "RescaleSlope", 1)[0]) if "RescaleSlope" in ds else 1.0
     intercept = float(_floats(ds, "RescaleIntercept", 1)[0]) if "RescaleIntercept" in ds else 0.0
-    return _SliceHeader(path, str(getattr(ds, "SeriesInstanceUID", "")), _floats(ds, "ImagePositionPatient", 3),
-                        orientation, (float(spacing[0]), float(spacing[1])), (rows, cols), slope, intercept)
+    return slope, intercept
+
+
+_VARYING = {0x00200032, 0x00281052, 0x00281053}  # ImagePositionPatient, RescaleIntercept, RescaleSlope
+
+
+def _header_like(path: Path, ds, changed: set, first: _SliceHeader) -> _SliceHeader:
+    """The header of a slice read by :func:`_read_like`: the first file's, with its own position and rescale, when
+    nothing else differs from the first file's bytes (else read in full, :func:`_header`)."""
+    if not changed <= _VARYING:
+        return _header(path, ds)
+    return replace(first, path=path, position=_floats(ds, "ImagePositionPatient", 3),
+                               **dict(zip(("slope", "intercept"), _rescale(ds))))
 
 
 def _check_one_series(folder: Path, headers: list[_SliceHeader]) -> None:
@@ -271,10 +436,19 @@ def _series(folder: str | os.PathLike, pixels: bool) -> tuple[DicomSeries, list[
     if not files:
         raise ValueError(f"{folder}: no {DICOM_SUFFIX} files (expected the files of one DICOM series)")
     datasets, headers, bad = [], [], []
+    layout, first = None, None  # the first readable file's layout and header
     for path in files:
         try:
-            ds = _read_file(path, pixels)
-            headers.append(_header(path, ds))
+            read = None if layout is None else _read_like(path, layout, pixels)
+            if read is not None:
+                ds, changed = read
+                header = _header_like(path, ds, changed, first)
+            else:
+                ds = _read_file(path, pixels)
+                header = _header(path, ds)
+                if first is None:
+                    layout, first = _layout(path.read_bytes(), pixels), header
+            headers.append(header)
             datasets.append(ds)
         except ValueError as e:
             bad.append(f"{path.name} ({e})")
@@ -313,9 +487,13 @@ def read_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, DicomSerie
     whole = all(float(h.slope).is_integer() and float(h.intercept).is_integer() for h in headers)
     cols, rows, n = series.shape
     out = np.empty((n, rows, cols), dtype=np.int32 if whole else np.float32)  # slice-major: vol is its transpose
+    formats: dict[tuple, tuple | None] = {}  # decided once for the slices that share the first's format bytes
     for k, (h, ds) in enumerate(zip(headers, datasets)):
         try:
-            pixels = _pixels(h.path, ds, rows, cols)
+            key = _format_key(ds)
+            if key not in formats:
+                formats[key] = _pixel_format(ds)
+            pixels = _pixels(h.path, ds, rows, cols, formats[key])
         except Exception as e:  # compressed without a decoder, truncated data, ...
             raise ValueError(f"{folder}: unreadable pixel data in {h.path.name} ({type(e).__name__}: {e})") from e
         if pixels.shape != (rows, cols):

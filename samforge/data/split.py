@@ -55,14 +55,32 @@ def case_names(dataset: Any) -> list[str]:
     return names
 
 
+_PREFIX = re.compile(r"([a-z][a-z0-9_-]+):(.+)")
+
+
+def data_folder(data: str) -> str:
+    """The folder (or file) a data spec reads: ``data`` itself for a path, ``PATH`` for a ``prefix:PATH[:key=value
+    ...]`` spec (``refuge:/data/REFUGE:rater=all`` -> ``/data/REFUGE``). A path that exists as given is a path even
+    if it looks like a spec."""
+    if not isinstance(data, str):
+        raise TypeError(f"data spec: expected a str, got {type(data).__name__}")
+    m = _PREFIX.fullmatch(data)
+    if m is None or os.path.exists(data):
+        return data
+    head = m[2]
+    while ":" in head and "=" in head.rsplit(":", 1)[1]:  # trailing :key=value options
+        head = head.rsplit(":", 1)[0]
+    return head
+
+
 def case_keys(dataset: Any, data: str) -> list[str]:
-    """:func:`case_names` as ``split.json`` records them: paths inside the data folder ``data`` relative to it
-    (``images/case03.png``), so a split still applies when the folder is named another way or moved; other names
-    (clip names, ``synthetic:12``) as they are."""
+    """:func:`case_names` as ``split.json`` records them: paths inside the data folder of ``data`` (a path or a
+    ``prefix:PATH[:options]`` spec, :func:`data_folder`) relative to it (``images/case03.png``), so a split still
+    applies when the folder is named another way or moved; other names (clip names, ``synthetic:12``) as they are."""
     cases = case_names(dataset)
     if is_builtin_spec(data):
         return cases
-    root = os.path.normpath(os.path.abspath(data))
+    root = os.path.normpath(os.path.abspath(data_folder(data)))
     keys = []
     for c in cases:
         full = os.path.normpath(os.path.abspath(c))
@@ -189,12 +207,23 @@ class CaseSubset:
         return getattr(self.dataset, name)
 
 
+def _split_keys(dataset: Any, split: CaseSplit, data: str) -> list[str]:
+    """The dataset's case keys in the form ``split`` records them: relative to the data folder (:func:`case_keys`),
+    or the full case names of a split written before ``prefix:PATH`` specs were made relative (read as written)."""
+    keys = case_keys(dataset, data)
+    listed = {*split.val_cases, *split.train_cases}
+    if listed <= set(keys):
+        return keys
+    names = case_names(dataset)
+    return names if listed <= set(names) else keys
+
+
 def split_datasets(dataset: Any, split: CaseSplit, data: str | None = None) -> tuple[CaseSubset, CaseSubset]:
     """(training view, held-out view) of ``dataset`` (opened from ``data``, default the split's own data spec) by
     ``split``'s cases. A case of the split that the dataset lacks is an error naming it; a case of the dataset in
     neither list (files added since) is left out of both."""
     what = split.data if data is None else str(data)
-    cases = case_keys(dataset, what)
+    cases = _split_keys(dataset, split, what)
     present = set(cases)
     missing = [c for c in (*split.val_cases, *split.train_cases) if c not in present]
     if missing:
@@ -209,7 +238,7 @@ def split_datasets(dataset: Any, split: CaseSplit, data: str | None = None) -> t
 def unlisted_cases(dataset: Any, split: CaseSplit, data: str) -> list[str]:
     """Cases of ``dataset`` (opened from ``data``) in neither side of ``split`` (e.g. files added since)."""
     listed = set(split.val_cases) | set(split.train_cases)
-    return sorted({c for c in case_keys(dataset, data) if c not in listed})
+    return sorted({c for c in _split_keys(dataset, split, data) if c not in listed})
 
 
 def held_out_split(dataset: Any, data: str, fraction: float, seed: int, run_dir: str | os.PathLike,

@@ -27,7 +27,8 @@ from samforge.evaluate.interactive import (
 )
 from samforge.evaluate.interactive import noc as noc_of
 from samforge.evaluate.metrics import iou_dice
-from samforge.evaluate.protocols import PROTOCOLS, PredictorLike, run_protocols_many
+from samforge.data.recipes import recipe_settings
+from samforge.evaluate.protocols import RECIPE, PredictorLike, run_protocols_many
 from samforge.evaluate.stored_protocol import PROMPT_SOURCES, STORED, evaluate_image_stored
 from samforge.evaluate.refuge_metrics import RefugeScores
 from samforge.models.sam import Sam
@@ -140,7 +141,7 @@ class EvalResult:
         """The protocols measured: SAM's simulated ones (:data:`METRIC_PROTOCOLS`), or ``stored`` (the prompts
         stored with the data, ``evaluate_dataset(..., prompts="stored")``; then there is no interactive part)."""
         measured = self.objects[0].iou if self.objects else {}
-        return [p for p in (*METRIC_PROTOCOLS, STORED) if p in measured]
+        return [p for p in (*METRIC_PROTOCOLS, RECIPE, STORED) if p in measured]
 
     @property
     def interactive(self) -> bool:
@@ -194,9 +195,10 @@ def image_predictor_for(model: Sam | SAM2Base | PredictorLike) -> PredictorLike:
 
 
 def evaluate_image(
-    predictor: PredictorLike, sample: Sample, image_index: int, seed: int = 0
+    predictor: PredictorLike, sample: Sample, image_index: int, seed: int = 0, recipe: str | None = None
 ) -> tuple[list[ObjectResult], list[tuple[float, Case]], list[str]]:
-    """Embed ``sample.image`` once and evaluate each of its objects. Returns the object results, the
+    """Embed ``sample.image`` once and evaluate each of its objects (with ``recipe``, also on that training
+    recipe's first prompt: protocol ``recipe``). Returns the object results, the
     (box IoU, case) pairs for the picture, and the objects skipped (empty masks) with the reason."""
     skipped = [f"{sample.name}: object {k} has an empty mask (not evaluated)"
                for k, gt in enumerate(sample.masks) if not gt.any()]
@@ -206,11 +208,11 @@ def evaluate_image(
     predictor.set_image(sample.image)
     gts = [sample.masks[k] for k in keep]
     rngs = [np.random.default_rng([seed, image_index, k]) for k in keep]  # independent of order and max_images
-    preds = run_protocols_many(predictor, gts, rngs)
+    preds = run_protocols_many(predictor, gts, rngs, recipe)
     traces = click_loops(predictor, gts, max_clicks=MAX_CLICKS)
     results, cases = [], []
     for k, gt, pred, trace in zip(keep, gts, preds, traces):
-        scores = {p: iou_dice(pred[p].mask, gt) for p in PROTOCOLS}
+        scores = {p: iou_dice(pred[p].mask, gt) for p in pred}
         results.append(ObjectResult(
             image_index=image_index,
             image_name=sample.name,
@@ -234,17 +236,24 @@ def evaluate_dataset(
     max_images: int | None = None,
     progress: bool = True,
     prompts: str = "simulated",
+    recipe: str | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a Sam, a SAM 2 image model, or any predictor with SamPredictor's
     ``set_image``/``predict``) on the first ``max_images`` images of ``dataset`` (all by default). ``seed``
     fixes the random-point prompts. ``prompts="stored"`` evaluates each object on the prompt stored with the data
-    (``Sample.prompts``) instead of SAM's simulated protocols. A model is put in eval mode for the run and given
-    back in the mode it came in. A dataset with ``structures`` (object k of every sample is ``structures[k]``,
-    e.g. REFUGE's disc and cup) is also scored per structure as Medical-SAM2 does (``EvalResult.refuge``)."""
+    (``Sample.prompts``) instead of SAM's simulated protocols; ``recipe`` (a training recipe's name, see
+    :mod:`samforge.data.recipes`) adds protocol ``recipe``, the first prompt that recipe trains with. A model is
+    put in eval mode for the run and given back in the mode it came in. A dataset with ``structures`` (object k
+    of every sample is ``structures[k]``, e.g. REFUGE's disc and cup) is also scored per structure as Medical-SAM2
+    does (``EvalResult.refuge``)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if prompts not in PROMPT_SOURCES:
         raise ValueError(f"prompts: expected one of {PROMPT_SOURCES}, got {prompts!r}")
+    if recipe is not None:
+        if prompts == STORED:
+            raise ValueError(f"recipe={recipe!r} adds a simulated first prompt; it does not apply to prompts=stored")
+        recipe_settings(recipe)  # an unknown name lists the known recipes
     if prompts == STORED and not getattr(dataset, "has_stored_prompts", True):
         raise ValueError(f"prompts=stored, but the dataset stores no prompts ({type(dataset).__name__}): expected "
                          "annotations/<image>.json or dataset_info.json beside images/ and masks/")
@@ -273,7 +282,7 @@ def evaluate_dataset(
             if prompts == STORED:
                 results, cases, bad = evaluate_image_stored(predictor, sample, i)
             else:
-                results, cases, bad = evaluate_image(predictor, sample, i, seed)
+                results, cases, bad = evaluate_image(predictor, sample, i, seed, recipe)
             if refuge is not None and results:  # the image is still set on the predictor
                 targets = sample.masks if sample.soft_masks is None else sample.soft_masks
                 rng = np.random.default_rng([seed, i, 2**20])  # a stream apart from the objects' ([seed, i, k])

@@ -3,7 +3,8 @@
 * ``center_point``: one positive click at the object's interior point (farthest from its boundary);
 * ``random_point``: one positive click drawn uniformly inside the object (seeded ``rng``);
 * ``box``: the object's tight box (no jitter);
-* ``points_3``: the centre click plus two random clicks inside, all positive.
+* ``points_3``: the centre click plus two random clicks inside, all positive;
+* ``recipe`` (only when a training recipe is named): the first prompt that recipe trains with, drawn from it.
 
 As in SAM's evaluation and training, a single click (ambiguous) asks for three masks
 (``multimask_output=True``) and keeps the one with the highest predicted IoU; a box, or more than one click,
@@ -13,15 +14,18 @@ asks for a single mask (as the official box examples do, and as samforge's train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 
 from samforge.data.prompts import interior_point, mask_to_box, sample_points
+from samforge.data.recipes import first_prompts, recipe_settings
 from samforge.predict.predictor import SamPredictor
 
 PROTOCOLS: tuple[str, ...] = ("center_point", "random_point", "box", "points_3")
+RECIPE = "recipe"  # with a training recipe named: that recipe's first prompt (evaluate --recipe)
 DECODE_BATCH = 16  # prompts per decoder call: bounds the B x 3 x H x W full-resolution masks in memory
 
 
@@ -160,16 +164,44 @@ def _decode_batch(
     return [Prediction(masks[i], float(chosen_scores[i]), low_res[i], p) for i, p in enumerate(prompts)]
 
 
+def recipe_prompt(gt: np.ndarray, recipe: str, rng: np.random.Generator) -> Prompt:
+    """The first prompt training recipe ``recipe`` (:mod:`samforge.data.recipes`) would give object ``gt``, drawn
+    from ``rng`` in the image's own pixels (``ValueError`` listing the recipes for an unknown name)."""
+    check_gt(gt)
+    settings = SimpleNamespace(**recipe_settings(recipe))
+    coords, labels, boxes = first_prompts(gt[None], settings, rng, [gt.shape])
+    return Prompt(None if coords is None else coords[0], None if labels is None else labels[0],
+                  None if boxes is None else boxes[0])
+
+
+def predict_mixed(predictor: PredictorLike, prompts: Sequence[Prompt]) -> list[Prediction]:
+    """:func:`predict_prompts` for prompts of different kinds: each kind (number of points, box or not) decoded
+    together, the predictions given back in the order of ``prompts``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((None if p.points is None else len(p.points), p.box is None), []).append(i)
+    out: list[Prediction | None] = [None] * len(prompts)
+    for rows in groups.values():
+        for i, pred in zip(rows, predict_prompts(predictor, [prompts[i] for i in rows])):
+            out[i] = pred
+    return out
+
+
 def run_protocols_many(
-    predictor: PredictorLike, gts: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]
+    predictor: PredictorLike, gts: Sequence[np.ndarray], rngs: Sequence[np.random.Generator],
+    recipe: str | None = None,
 ) -> list[dict[str, Prediction]]:
     """The prediction of every protocol for each object in ``gts`` (one rng each, for the random points),
-    on the predictor's current image; each protocol is decoded for all objects together."""
+    on the predictor's current image; each protocol is decoded for all objects together. With ``recipe`` (a
+    training recipe's name) also ``"recipe"``: the first prompt that recipe trains with (drawn after the others,
+    so they are the same with or without it)."""
     if len(rngs) != len(gts):
         raise ValueError(f"rngs must be one per object ({len(gts)}), got {len(rngs)}")
     prompts = [protocol_prompts(gt, rng) for gt, rng in zip(gts, rngs)]
     per_protocol = {name: predict_prompts(predictor, [p[name] for p in prompts]) for name in PROTOCOLS}
-    return [{name: per_protocol[name][i] for name in PROTOCOLS} for i in range(len(gts))]
+    if recipe is not None:
+        per_protocol[RECIPE] = predict_mixed(predictor, [recipe_prompt(gt, recipe, rng) for gt, rng in zip(gts, rngs)])
+    return [{name: preds[i] for name, preds in per_protocol.items()} for i in range(len(gts))]
 
 
 def run_protocols(predictor: PredictorLike, gt: np.ndarray, rng: np.random.Generator) -> dict[str, Prediction]:

@@ -86,11 +86,12 @@ def best_worst_png(best: Sequence["Case"], worst: Sequence["Case"]) -> bytes:
 def format_table(metrics: dict[str, Any]) -> str:
     """A plain-text table of a ``metrics.json`` dict, for the terminal."""
     from samforge.evaluate.evaluator import METRIC_PROTOCOLS
+    from samforge.evaluate.protocols import RECIPE
     from samforge.evaluate.stored_protocol import STORED
 
     lines = [f"{'protocol':<14}{'mIoU':>8}{'Dice':>8}"]
-    lines += [f"{p:<14}{metrics[p]['miou']:>8.4f}{metrics[p]['dice']:>8.4f}" for p in (*METRIC_PROTOCOLS, STORED)
-              if p in metrics]
+    lines += [f"{p:<14}{metrics[p]['miou']:>8.4f}{metrics[p]['dice']:>8.4f}"
+              for p in (*METRIC_PROTOCOLS, RECIPE, STORED) if p in metrics]
     if "interactive" in metrics:  # not with the stored prompts
         inter = metrics["interactive"]
         clicks = inter["miou_at_clicks"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,22 @@ def _float_array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _check_inside(coords: np.ndarray, image_hw: tuple[int, int], name: str) -> None:
+def _check_inside(coords: np.ndarray, image_hw: tuple[int, int], name: str, boxes: bool = False) -> None:
+    """Prompts past the image are used as given, as the PyTorch predictors (and the official code) use them; a
+    warning says so only for a point outside the image or a box entirely outside it (the rule of
+    ``samforge.predict.checks``, repeated here because this file runs without samforge)."""
     h, w = image_hw
-    xy = coords.reshape(-1, 2)
-    outside = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
-    if np.any(outside):
-        raise ValueError(f"{name} must lie inside the image (0 <= x <= {w}, 0 <= y <= {h}); "
-                         f"outside: {xy[outside][:5].tolist()}")
+    if boxes:
+        rows = coords.reshape(-1, 4)
+        away = (rows[:, 2] < 0) | (rows[:, 0] > w) | (rows[:, 3] < 0) | (rows[:, 1] > h)
+        what = "a box lies entirely outside the image"
+    else:
+        rows = coords.reshape(-1, 2)
+        away = (rows[:, 0] < 0) | (rows[:, 0] > w) | (rows[:, 1] < 0) | (rows[:, 1] > h)
+        what = "a point lies outside the image"
+    if np.any(away):
+        warnings.warn(f"{name}: {what} (0 <= x <= {w}, 0 <= y <= {h}): {rows[away][:5].tolist()}; it is used as "
+                      "given", UserWarning, stacklevel=3)
 
 
 def _require_onnxruntime():
@@ -348,7 +358,7 @@ class OnnxSamPredictor:
             b = b.reshape(4)
             if b[0] > b[2] or b[1] > b[3]:
                 raise ValueError(f"box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {b.tolist()}")
-            _check_inside(b.reshape(2, 2), self.original_size, "box")
+            _check_inside(b, self.original_size, "box", boxes=True)
             coords_list.append(self.transform.apply_boxes(b, self.original_size).reshape(2, 2))
             labels_list.append(np.array([2.0, 3.0]))
         if mask_input is not None:

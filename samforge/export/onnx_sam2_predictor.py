@@ -346,7 +346,7 @@ class OnnxSAM2ImagePredictor:
             bad = (rows[:, 0] > rows[:, 2]) | (rows[:, 1] > rows[:, 3])
             if np.any(bad):
                 raise ValueError(f"box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {rows[bad].tolist()}")
-            _check_inside(rows.reshape(-1, 2), frame, "box")
+            _check_inside(rows, frame, "box", boxes=True)
             boxes = self._to_input_frame(rows.reshape(-1, 2, 2), orig_hw, normalize)
             batch["box"] = boxes.shape[0]
         if len(set(batch.values())) > 1:

@@ -12,7 +12,9 @@ that path and agree with it to float rounding:
   materialising the ``N x N`` bias (the query gets its ``H + W`` rel-pos terms appended, the key the one-hot
   indicators of its row and column);
 - ``"sdpa_bias"``: the bias is materialised and passed to SDPA as ``attn_mask`` (fused softmax, but
-  ``heads x N x N`` bias memory: 805 MB per image for vit_b's global blocks in float32).
+  ``heads x N x N`` bias memory: 805 MB per image for vit_b's global blocks in float32);
+- ``"chunked"``: the official unfused attention a chunk of queries at a time (:func:`chunked_rel_pos_attention`):
+  no widening, the bias added in place by broadcasting, a chunk's scores held at once.
 
 Both fast modes also skip the padded tokens in the window blocks' ``qkv`` and ``proj`` and do the window
 partition + head split in one copy.
@@ -28,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samforge.models.checkpointing import block_forward
 from samforge.models.common import LayerNorm2d, MLPBlock
 
 
-ATTENTION_MODES = ("exact", "folded", "sdpa_bias")
+ATTENTION_MODES = ("exact", "folded", "sdpa_bias", "chunked")
 # attention modes set by ``attention_mode(...)`` blocks, per thread / asyncio task: id(RelPosAttention) -> mode
 _SCOPED_MODES: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("samforge_attention_modes", default={})
 
@@ -71,6 +74,8 @@ def attention_mode(module: nn.Module, mode: str) -> Iterator[nn.Module]:
 
 
 class ImageEncoderViT(nn.Module):
+    checkpoint_blocks: int = 0  # the first N blocks run under activation checkpointing in training (0: none)
+
     def __init__(
         self,
         img_size: int = 1024,
@@ -118,8 +123,8 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block_forward(block, x, i < self.checkpoint_blocks)
         return self.neck(x.permute(0, 3, 1, 2))
 
 
@@ -268,6 +273,8 @@ class RelPosAttention(nn.Module):
         if self.mode == "sdpa_bias":
             bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if self.mode == "chunked":
+            return chunked_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
         return folded_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
 
     def _reference_attention(self, qkv: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -352,6 +359,31 @@ def decomposed_rel_pos_bias(
     return bias.reshape(b, heads, q_h * q_w, k_h * k_w)
 
 
+def query_rel_pos_terms(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    hw: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's decomposed rel-pos terms over an ``hw`` grid, ``B x heads x N x h`` (``q . Rh[row, key_row]``)
+    and ``B x heads x N x w`` (``q . Rw[col, key_col]``), after checking that ``q``, ``k``, ``v`` are
+    ``B x heads x N x C`` of one shape with ``N = h * w``."""
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must be B x heads x N x C of one shape, got {q.shape}, {k.shape}, {v.shape}")
+    h, w = hw
+    b, heads, n, c = q.shape
+    if n != h * w:
+        raise ValueError(f"N = {n} tokens do not make an {h} x {w} grid")
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # h x h x C
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # w x w x C
+    r_q = q.reshape(b * heads, h, w, c)
+    rel_h = torch.einsum("byxc,ykc->byxk", r_q, rh).reshape(b, heads, n, h)
+    rel_w = torch.einsum("byxc,xkc->byxk", r_q, rw).reshape(b, heads, n, w)
+    return rel_h, rel_w
+
+
 def folded_rel_pos_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -369,24 +401,48 @@ def folded_rel_pos_attention(
     ``scaled_dot_product_attention`` call (scale 1) does it all. The width is padded to a multiple of 8 and ``v``
     to the same width (CPU and CUDA fused kernels want equal q/k/v widths).
     """
-    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must be B x heads x N x C of one shape, got {q.shape}, {k.shape}, {v.shape}")
+    rel_h, rel_w = query_rel_pos_terms(q, k, v, rel_pos_h, rel_pos_w, hw)
     h, w = hw
     b, heads, n, c = q.shape
-    if n != h * w:
-        raise ValueError(f"N = {n} tokens do not make an {h} x {w} grid")
-    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # h x h x C
-    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # w x w x C
     width = -(-(c + h + w) // 8) * 8
-    r_q = q.reshape(b * heads, h, w, c)
-    rel_h = torch.einsum("byxc,ykc->byxk", r_q, rh).reshape(b, heads, n, h)
-    rel_w = torch.einsum("byxc,xkc->byxk", r_q, rw).reshape(b, heads, n, w)
     pad = q.new_zeros(()).expand(b, heads, n, width - c - h - w)
     qa = torch.cat([q * scale, rel_h, rel_w, pad], dim=-1)  # one write each
     ka = torch.cat([k, _key_indicators(h, w, k.dtype, k.device).expand(b, heads, n, h + w), pad], dim=-1)
     va = F.pad(v, (0, width - c))
     out = F.scaled_dot_product_attention(qa, ka, va, scale=1.0)
     return out[..., :c]
+
+
+def chunked_rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    hw: tuple[int, int],
+    scale: float,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """``softmax(scale * q.k + rel_h + rel_w) @ v`` over an ``hw`` grid, ``chunk`` queries at a time.
+
+    ``q``, ``k``, ``v`` are ``B x heads x N x C`` (``N = h * w``). Per chunk: the scores ``(scale * q) @ k^T`` in the
+    working dtype, the decomposed rel-pos terms of those queries added in place by broadcasting (``rel_h`` over key
+    columns, ``rel_w`` over key rows), softmax, ``@ v``. The official operations without the widening of "folded";
+    memory: one chunk's ``heads x chunk x N`` scores."""
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be >= 1 queries, got {chunk!r}")
+    rel_h, rel_w = query_rel_pos_terms(q, k, v, rel_pos_h, rel_pos_w, hw)
+    h, w = hw
+    b, heads, n, _ = q.shape
+    rel_h, rel_w = rel_h[..., :, None], rel_w[..., None, :]  # broadcast over key columns / key rows
+    kt = k.transpose(-2, -1)
+    out = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        attn = (q[:, :, start:stop] * scale) @ kt  # B x heads x chunk x N
+        attn.view(b, heads, stop - start, h, w).add_(rel_h[:, :, start:stop]).add_(rel_w[:, :, start:stop])
+        out.append(attn.softmax(dim=-1) @ v)  # (the in-place adds keep autograd: matmul's backward needs no output)
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
 def _key_indicators(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -343,7 +343,7 @@ class SamAutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         when > 0, holes and islands smaller than this are removed (OpenCV). ``output_mode``:
         "binary_mask" (HxW bool), "uncompressed_rle" or "coco_rle" (pycocotools). ``precision`` (keyword-only,
         samforge's): the image encoder's path, as ``SamPredictor``'s ("fp32" exact; "fp32-fast" fused attention,
-        a tenth of the encoder's memory; "bf16"); the grid decoding stays fp32.
+        a tenth of the encoder's memory; "bf16"; "int8" quantised linear layers; "auto"); the grid decoding stays fp32.
         """
         if not isinstance(model, Sam):
             raise TypeError(f"model must be a samforge Sam model, got {type(model).__name__}")

@@ -1,9 +1,9 @@
 """Pretrained SAM 2 weights by name, as the official ``*_hf`` builders and ``from_pretrained`` take them, but local.
 
-``build_sam2_hf(model_id)`` and friends take a local checkpoint file, or a local folder holding exactly one
-checkpoint (a downloaded model repository). An official Hugging Face id (``facebook/sam2.1-hiera-tiny``, ...)
-that is not a local path is refused with a message naming the file to download: samforge does not download
-weights here. The configuration is ``config_file`` when given, else the official one of the file's name
+``build_sam2_hf(model_id)`` and friends take a local checkpoint file, a local folder holding exactly one
+checkpoint (a downloaded model repository), or an official Hugging Face id (``facebook/sam2.1-hiera-tiny``, ...),
+which is fetched, verified and cached by :func:`samforge.weights.resolve_checkpoint` (through ``huggingface_hub``,
+or by the official name's own URL; offline, a missing file is an error naming where to put it). The configuration is ``config_file`` when given, else the official one of the file's name
 (``sam2.1_hiera_tiny.pt`` -> ``sam2.1_hiera_t``), else the one the weights' shapes match.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from samforge.models.checkpoint import read_state_dict
 from samforge.models.sam2 import SAM2Base, build_sam2, guess_sam2_config
 from samforge.predict.sam2_predictor import HF_MODELS
+from samforge.weights import resolve_checkpoint
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -44,14 +45,16 @@ def resolve_sam2_pretrained(model_id: str | os.PathLike, config_file: str | None
         path = found[0]
     elif not path.is_file():
         name = str(model_id)
-        if name in HF_MODELS:
-            config, filename = HF_MODELS[name]
-            raise ValueError(f"samforge does not download weights: get {filename} from the Hugging Face repository "
-                             f"{name} (https://huggingface.co/{name}) and pass its local path (its config is {config!r})")
-        if HUB_ID.match(name):
-            raise ValueError(f"{name!r} is not a local file or folder, and samforge does not download from the "
-                             f"Hugging Face hub: download the checkpoint and pass its path")
-        raise FileNotFoundError(f"SAM 2 checkpoint not found: {name} (expected a checkpoint file or a folder holding one)")
+        if name in HF_MODELS:  # an official id: downloaded (or found in the cache) and verified
+            path = resolve_checkpoint(name, what="SAM 2 checkpoint")
+            if config_file is None:
+                return HF_MODELS[name][0], path
+        elif HUB_ID.match(name):
+            raise ValueError(f"{name!r} is neither a local file or folder nor an official SAM 2 model id "
+                             f"({', '.join(sorted(HF_MODELS))}): download its checkpoint and pass the path")
+        else:
+            raise FileNotFoundError(f"SAM 2 checkpoint not found: {name} (expected a checkpoint file, a folder "
+                                    "holding one, or an official model id such as facebook/sam2.1-hiera-tiny)")
     if config_file is not None:
         return str(config_file), path
     config = CONFIG_BY_FILENAME.get(path.name) or guess_sam2_config(read_state_dict(path))

@@ -107,7 +107,7 @@ class SAM2AutomaticMaskGenerator(AutomaticMaskGeneratorBase):
         of the stability score), ``min_mask_region_area`` (holes and sprinkles of at most that many pixels of
         the low-res masks are removed before upsampling; see the module docstring), ``use_m2m`` (refine each
         mask once with its own low-res logits as mask input), ``multimask_output`` (three masks per point),
-        ``precision`` (keyword-only: "fp32", the default and exact; "fp32-fast" or "bf16", as for
+        ``precision`` (keyword-only: "fp32", the default and exact; "fp32-fast", "bf16", "int8" or "auto", as for
         ``SAM2ImagePredictor``).
         Other keyword arguments may only be ``build_sam2``'s (``from_pretrained`` passes them to both, as the
         official code does); they are ignored here.

@@ -3,7 +3,8 @@
 A drop-in for ``sam2.sam2_image_predictor.SAM2ImagePredictor``: same names, arguments, defaults, shapes
 and dtypes (masks come back as float32 0/1 arrays, as the official predictor returns them). Inputs are
 checked and bad ones raise ``TypeError``/``ValueError`` saying what was expected. The keyword-only
-``precision`` ("fp32" default and exact, "fp32-fast", "bf16") is samforge's addition, as for ``SamPredictor``.
+``precision`` ("fp32" default and exact, "fp32-fast", "bf16", "int8", "auto") is samforge's addition, as for
+``SamPredictor``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from samforge.predict.checks import (
     check_points,
     describe,
 )
-from samforge.predict.predictor import check_precision, run_cast
+from samforge.predict.predictor import predictor_precision, run_cast
+from samforge.predict.quantize import int8_encoder
 from samforge.predict.sam2_transforms import SAM2Transforms
+from samforge.weights import resolve_checkpoint
 
-# official Hugging Face model ids -> (config, file name); samforge never downloads, it names the file to get
+# official Hugging Face model ids -> (config, file name) (samforge.weights fetches them: predict/pretrained.py)
 HF_MODELS = {
     f"facebook/{version}-hiera-{size}": (f"{version}_hiera_{short}", f"{version}_hiera_{long}.pt")
     for version in ("sam2", "sam2.1")
@@ -55,14 +58,16 @@ class SAM2ImagePredictor:
         official code does without its CUDA extension). ``precision``: "fp32" (default, exact), "fp32-fast"
         (the same as "fp32" here: Hiera has no relative-position bias and already uses fused SDPA) or "bf16"
         (the image encoder in bfloat16 end to end, weights cast per image; its features are kept in float32 and
-        the prompt decoder runs in float32, so outputs are float32). Other keyword arguments may only be those
+        the prompt decoder runs in float32, so outputs are float32), "int8" (the image encoder's linear layers
+        dynamically quantised, on a copy: see ``samforge.predict.quantize``) or "auto" (picked for the device and
+        CPU; ``self.precision`` says which runs). Other keyword arguments may only be those
         of ``build_sam2`` (``from_pretrained`` passes them to both), which are ignored here."""
         if not isinstance(sam_model, SAM2Base):
             raise TypeError(f"sam_model must be a samforge SAM2Base (see build_sam2), got {type(sam_model).__name__}")
         unknown = set(kwargs) - BUILD_KWARGS
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
-        self.precision = check_precision(precision)
+        self.precision = predictor_precision(precision, sam_model.device, auto_int8=False)  # see precision.py
         self.model = sam_model
         self._transforms = SAM2Transforms(
             resolution=sam_model.image_size,
@@ -77,15 +82,13 @@ class SAM2ImagePredictor:
 
     @classmethod
     def from_pretrained(cls, model_id: str | Path, **kwargs: Any) -> "SAM2ImagePredictor":
-        """A predictor from a local checkpoint file (no download). The configuration is ``config_file`` when
-        given, else recognised from the file's shapes. Other keyword arguments go to ``build_sam2`` and
-        to the predictor, as in the official method."""
+        """A predictor from a checkpoint: a local file, or an official Hugging Face id (``facebook/sam2.1-hiera-tiny``)
+        fetched, verified and cached by ``samforge.weights`` (``huggingface_hub`` needed for ids, as officially).
+        The configuration is ``config_file`` when given, else the id's, else recognised from the file's shapes.
+        Other keyword arguments go to ``build_sam2`` and to the predictor, as in the official method."""
         if str(model_id) in HF_MODELS:
-            config, filename = HF_MODELS[str(model_id)]
-            raise ValueError(
-                f"samforge does not download weights: get {filename} from the Hugging Face repository {model_id} "
-                f"and pass its local path (its config is {config!r})"
-            )
+            kwargs.setdefault("config_file", HF_MODELS[str(model_id)][0])
+            model_id = resolve_checkpoint(str(model_id), what="SAM 2 checkpoint")
         state_dict = read_state_dict(model_id)
         guess = guess_sam2_config(state_dict)
         config = kwargs.get("config_file") or guess
@@ -143,19 +146,8 @@ class SAM2ImagePredictor:
         return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
 
     def _forward_image(self, img_batch: torch.Tensor) -> dict[str, Any]:
-        """``SAM2Base.forward_image``; in bf16 the image encoder (trunk + neck) runs on bf16 weights and input
-        throughout, its outputs come back as float32, and the rest of ``forward_image`` (the decoder's
-        ``conv_s0`` / ``conv_s1`` projections of the high-res levels) runs in float32 as usual."""
-        if self.precision != "bf16":
-            return self.model.forward_image(img_batch)
-        out = run_cast(self.model.image_encoder, torch.bfloat16, img_batch.to(torch.bfloat16))
-        fpn = [level.float() for level in out["backbone_fpn"]]
-        backbone_out = {"vision_features": fpn[-1], "vision_pos_enc": [p.float() for p in out["vision_pos_enc"]]}
-        if self.model.use_high_res_features_in_sam:
-            fpn[0] = self.model.sam_mask_decoder.conv_s0(fpn[0])
-            fpn[1] = self.model.sam_mask_decoder.conv_s1(fpn[1])
-        backbone_out["backbone_fpn"] = fpn
-        return backbone_out
+        """``SAM2Base.forward_image`` in this predictor's precision (see :func:`forward_image_in`)."""
+        return forward_image_in(self.model, img_batch, self.precision)
 
     def predict(
         self,
@@ -358,3 +350,25 @@ def _as_rgb_array(image: Any, name: str) -> np.ndarray:
     if not (image.flags.c_contiguous and image.flags.writeable):  # torch wants writable, positive strides
         image = np.array(image)
     return image
+
+
+def forward_image_in(model: SAM2Base, img_batch: torch.Tensor, precision: str) -> dict[str, Any]:
+    """``SAM2Base.forward_image`` in a (resolved) ``precision``: "fp32" / "fp32-fast" the model's own; "int8" the
+    image encoder's quantised copy (``samforge.predict.quantize``); "bf16" the image encoder (trunk + neck) on bf16
+    weights and input throughout. Outputs are float32, and the rest of ``forward_image`` (the decoder's ``conv_s0``
+    / ``conv_s1`` projections of the high-res levels) runs in float32 as usual."""
+    if precision == "int8":  # the quantised copy of the encoder, float32 in and out
+        out = int8_encoder(model.image_encoder)(img_batch)
+    elif precision == "bf16":
+        out = run_cast(model.image_encoder, torch.bfloat16, img_batch.to(torch.bfloat16))
+    elif precision in ("fp32", "fp32-fast"):
+        return model.forward_image(img_batch)
+    else:
+        raise ValueError(f"precision must be one of 'fp32', 'fp32-fast', 'bf16', 'int8' here, got {precision!r}")
+    fpn = [level.float() for level in out["backbone_fpn"]]
+    backbone_out = {"vision_features": fpn[-1], "vision_pos_enc": [p.float() for p in out["vision_pos_enc"]]}
+    if model.use_high_res_features_in_sam:
+        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
+        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
+    backbone_out["backbone_fpn"] = fpn
+    return backbone_out

@@ -34,7 +34,9 @@ from samforge.models.sam2.memory_bank import memory_window
 from samforge.models.sam2.sam2_base import NO_OBJ_SCORE
 from samforge.predict.checks import SAM2_POINT_LABELS, check_box, check_points, to_float_array
 from samforge.predict.fill_holes import fill_holes_in_mask_scores
+from samforge.predict.predictor import predictor_precision
 from samforge.predict.pretrained import resolve_sam2_pretrained
+from samforge.predict.sam2_predictor import forward_image_in
 from samforge.predict.video_frames import VideoFrames
 
 # what the official build_sam2_video_predictor adds with apply_postprocessing=True (beyond the image ones)
@@ -66,7 +68,8 @@ class SAM2VideoPredictor(nn.Module):
     ``model.``.
     """
 
-    _OWN = ("fill_hole_area", "non_overlap_masks", "clear_non_cond_mem_around_input", "add_all_frames_to_correct_as_cond")
+    _OWN = ("fill_hole_area", "non_overlap_masks", "clear_non_cond_mem_around_input",
+            "add_all_frames_to_correct_as_cond", "precision")
 
     def __init__(
         self,
@@ -86,6 +89,8 @@ class SAM2VideoPredictor(nn.Module):
         self.non_overlap_masks = bool(non_overlap_masks)
         self.clear_non_cond_mem_around_input = bool(clear_non_cond_mem_around_input)
         self.add_all_frames_to_correct_as_cond = bool(add_all_frames_to_correct_as_cond)
+        #: the image encoder's precision per frame (samforge's addition; see ``SAM2ImagePredictor``): "fp32" exact
+        self.precision = "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -600,7 +605,7 @@ class SAM2VideoPredictor(nn.Module):
         image, backbone_out = state["cached_features"].get(frame_idx, (None, None))
         if backbone_out is None:
             image = state["images"][frame_idx].to(state["device"]).float().unsqueeze(0)
-            backbone_out = self.model.forward_image(image)
+            backbone_out = forward_image_in(self.model, image, self.precision)
             state["cached_features"] = {frame_idx: (image, backbone_out)}
         expanded = {
             "backbone_fpn": [f.expand(batch_size, -1, -1, -1) for f in backbone_out["backbone_fpn"]],
@@ -757,25 +762,30 @@ def build_sam2_video_predictor(
     return video_predictor_for(model, video_postprocessing=False)  # the overrides above already set it
 
 
-def video_predictor_for(model: SAM2Base, video_postprocessing: bool = True) -> SAM2VideoPredictor:
+def video_predictor_for(model: SAM2Base, video_postprocessing: bool = True, *,
+                        precision: str = "fp32") -> SAM2VideoPredictor:
     """A ``SAM2VideoPredictor`` for a model that is already built (e.g. by ``build_sam2`` for images), with its
     configuration's video settings; ``video_postprocessing`` applies the official video build's post-processing
     (binarized clicked masks in memory, holes up to 8 pixels filled) on top, as ``build_sam2_video_predictor``
-    does. The model is changed in place (``binarize_mask_from_pts_for_mem_enc``)."""
+    does. The model is changed in place (``binarize_mask_from_pts_for_mem_enc``). ``precision``: of the image
+    encoder on every frame, as ``SAM2ImagePredictor``'s ("fp32" exact, "int8", "bf16", "auto", ...)."""
     if not isinstance(model, SAM2Base):
         raise TypeError(f"model must be a SAM2Base (from build_sam2), got {type(model).__name__}")
+    precision = predictor_precision(precision, model.device, auto_int8=False)  # as SAM2ImagePredictor's
     m = model.config.model
     fill_hole_area = m.fill_hole_area
     if video_postprocessing:
         model.binarize_mask_from_pts_for_mem_enc = True
         fill_hole_area = 8
-    return SAM2VideoPredictor(
+    predictor = SAM2VideoPredictor(
         model,
         fill_hole_area=fill_hole_area,
         non_overlap_masks=m.non_overlap_masks,
         clear_non_cond_mem_around_input=m.clear_non_cond_mem_around_input,
         add_all_frames_to_correct_as_cond=m.add_all_frames_to_correct_as_cond,
     )
+    predictor.precision = precision
+    return predictor
 
 
 def build_sam2_video_predictor_hf(model_id: str | os.PathLike, **kwargs: Any) -> SAM2VideoPredictor:

@@ -157,9 +157,9 @@ class Annotator:
     """State behind the endpoints: the folder, the saved objects, the embedding cache, pending masks."""
 
     def __init__(self, model: Sam | SAM2Base, folder: ImageFolder, store: AnnotationStore, model_name: str,
-                 cache_size: int, everything: dict | None) -> None:
+                 cache_size: int, everything: dict | None, precision: str = "fp32") -> None:
         self.model, self.folder, self.store, self.model_name = model, folder, store, model_name
-        self.cache = EmbeddingCache(model, folder.read, capacity=cache_size)
+        self.cache = EmbeddingCache(model, folder.read, capacity=cache_size, precision=precision)
         self.everything = everything  # generator settings, or None when not available
         self._masks: OrderedDict[str, dict] = OrderedDict()
         self._masks_lock = threading.Lock()
@@ -199,6 +199,7 @@ def create_app(
     everything: dict | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     allowed_hosts: list[str] | None = None,
+    precision: str = "fp32",
 ) -> FastAPI:
     """The annotator app for the images of ``images_dir``, saving to ``labels_dir``.
 
@@ -206,6 +207,7 @@ def create_app(
     embeddings kept in memory. ``everything``: settings of ``SamAutomaticMaskGenerator`` for the
     "segment everything" button (default ``DEFAULT_EVERYTHING``; SAM v1 models only). ``max_body_bytes``:
     the largest request body. ``allowed_hosts``: Host headers accepted (None: any), against DNS rebinding.
+    ``precision``: of the image encoder, for clicks and "segment everything" (see ``SamPredictor``).
     """
     if not isinstance(model, (Sam, SAM2Base)):
         raise TypeError(f"model must be a samforge Sam or SAM2Base, got {type(model).__name__}")
@@ -221,8 +223,8 @@ def create_app(
         raise TypeError(f"allowed_hosts must be a list of host names or None, got {allowed_hosts!r}")
     folder = ImageFolder(images_dir)
     store = AnnotationStore(labels_dir, folder, list(labels))
-    settings = {**DEFAULT_EVERYTHING, **(everything or {})} if isinstance(model, Sam) else None
-    state = Annotator(model, folder, store, model_name or type(model).__name__, cache_size, settings)
+    settings = {**DEFAULT_EVERYTHING, "precision": precision, **(everything or {})} if isinstance(model, Sam) else None
+    state = Annotator(model, folder, store, model_name or type(model).__name__, cache_size, settings, precision)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -26,23 +26,25 @@ log = logging.getLogger("samforge.serve")
 Predictor = SamPredictor | SAM2ImagePredictor
 
 
-def make_predictor(model: Sam | SAM2Base) -> Predictor:
-    """The predictor for ``model``: ``SamPredictor`` for SAM, ``SAM2ImagePredictor`` for SAM 2."""
+def make_predictor(model: Sam | SAM2Base, precision: str = "fp32") -> Predictor:
+    """The predictor for ``model``: ``SamPredictor`` for SAM, ``SAM2ImagePredictor`` for SAM 2, in ``precision``."""
     if isinstance(model, SAM2Base):
-        return SAM2ImagePredictor(model)
+        return SAM2ImagePredictor(model, precision=precision)
     if isinstance(model, Sam):
-        return SamPredictor(model)
+        return SamPredictor(model, precision=precision)
     raise TypeError(f"model must be a samforge Sam or SAM2Base, got {type(model).__name__}")
 
 
 class EmbeddingCache:
     """``get(name)`` returns a predictor holding the embedding of image ``name`` (read with ``load``).
 
-    ``capacity``: embeddings kept (least recently used dropped first; a vit_b embedding is 4 MiB).
+    ``capacity``: embeddings kept (least recently used dropped first; a vit_b embedding is 4 MiB). ``precision``:
+    the predictors' (see ``SamPredictor``).
     """
 
-    def __init__(self, model: Sam | SAM2Base, load: Callable[[str], np.ndarray], capacity: int = 4) -> None:
-        make_predictor(model)  # checks the model's type
+    def __init__(self, model: Sam | SAM2Base, load: Callable[[str], np.ndarray], capacity: int = 4,
+                 precision: str = "fp32") -> None:
+        self.precision = make_predictor(model, precision).precision  # checks the model's type and the precision
         if not callable(load):
             raise TypeError(f"load must be a callable name -> HxWx3 uint8 image, got {type(load).__name__}")
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
@@ -81,7 +83,7 @@ class EmbeddingCache:
             return future.result()
         try:
             start = time.perf_counter()
-            predictor = make_predictor(self.model)
+            predictor = make_predictor(self.model, self.precision)
             predictor.set_image(self.load(name))
             self.seconds[name] = time.perf_counter() - start
         except BaseException as e:

@@ -164,8 +164,12 @@ class TrainingClips(torch.utils.data.Dataset):
         pos = [unique.index(t) for t in frame_idx]
         frames = prepare_clip_frames(np.stack([clip.frame(t) for t in unique]), size)[pos]
         masks = prepare_clip_masks(clip.object_masks(unique, visible), size)[pos]
-        return {"frames": frames, "masks": masks, "obj_ids": [clip.obj_ids[k] for k in visible],
+        item = {"frames": frames, "masks": masks, "obj_ids": [clip.obj_ids[k] for k in visible],
                 "frame_indices": frame_idx, "reversed": reverse, "name": clip.name, "padded_frames": padded}
+        structures = getattr(self.dataset, "structures", None)  # named objects (REFUGE: id k is structures[k - 1])
+        if structures and all(1 <= i <= len(structures) for i in item["obj_ids"]):
+            item["structures"] = [structures[i - 1] for i in item["obj_ids"]]
+        return item
 
     def _name(self, index: int) -> str:
         names = getattr(self.dataset, "names", None)
@@ -200,14 +204,17 @@ def collate_clips(items: list) -> dict:
     """Batch B windows of one length T: ``frames`` T x B x 3 x S x S; the objects of all clips together,
     ``masks`` T x N x S x S with ``obj_to_clip`` (N, long: which clip each object belongs to) and ``obj_ids``;
     ``names``, ``frame_indices``, ``reversed``, ``padded`` (names of padded clips) and ``skipped`` (all the
-    ``(name, reason)`` pairs passed over while drawing the batch)."""
+    ``(name, reason)`` pairs passed over while drawing the batch); ``structures`` (N: each object's structure
+    name) when every item names them (REFUGE's disc and cup)."""
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, dict) for i in items):
         raise ValueError(f"items: expected a non-empty list of TrainingClips items (dicts), got {items!r:.100}")
     shapes = {tuple(i["frames"].shape) for i in items}
     if len(shapes) != 1:
         raise ValueError(f"items: all windows must have one T x 3 x S x S shape, got {sorted(shapes)}")
     masks = [i["masks"] for i in items]
+    named = {"structures": [s for i in items for s in i["structures"]]} if all("structures" in i for i in items) else {}
     return {
+        **named,
         "frames": torch.stack([i["frames"] for i in items], dim=1),
         "masks": torch.cat(masks, dim=1),
         "obj_to_clip": torch.cat([torch.full((m.shape[1],), b, dtype=torch.long) for b, m in enumerate(masks)]),

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from samforge.data.recipes import BOX_JITTERS, RECIPES, recipe_settings
 from samforge.data.split import is_builtin_spec
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam2 import SAM2_CONFIGS
@@ -46,11 +47,22 @@ class PromptConfig:
     # simulated: the first prompt is simulated from each mask (below); stored: it is the prompt stored with the data
     # (annotations/<image>.json or dataset_info.json, see samforge.data.stored_prompts); SAM (v1) training
     source: str = "simulated"
-    box_prob: float = 0.5  # first prompt is a box with this probability, else one point
+    # a named preset of the settings below (samforge.data.recipes): default | sam | medsam | box_points | seed000;
+    # applied where it is named (the config file or the command line), that layer's own prompts.* keys override it
+    recipe: str = "default"
+    box_prob: float = 0.5  # first prompt is a box with this probability, else points
     box_noise: float = 0.1  # std of box edge noise, fraction of the side
     box_max_noise: float = 20.0  # px cap on the box noise
+    box_jitter: str = "gaussian"  # gaussian (SAM: box_noise, box_max_noise) | outward (MedSAM: 0..box_outward_max px)
+    box_outward_max: float = 5.0  # px: the largest outward move of a box side (box_jitter=outward)
+    box_points: int = 0  # positive points inside the object given along with a box
+    min_points: int = 1  # a point prompt has min_points..max_points positive points (uniform)
+    max_points: int = 1
+    point_jitter: float = 0.0  # px: positive points moved by up to this, kept inside the object
+    negative_prob: float = 0.0  # a point prompt gets a negative point outside the object with this probability
     correction_rounds: int = 2  # rounds adding a click from the error region + previous logits as mask input
     mask_only_rounds: int = 1  # rounds with previous logits and no new click
+    mask_only_random: bool = False  # one mask-only round at a random place among the click rounds (SAM paper)
 
 
 @dataclass
@@ -91,6 +103,9 @@ class FinetuneConfig:
     cache_embeddings: bool = True  # decoder: keep image embeddings on disk, computed once per image
     cache_dir: Optional[str] = None  # decoder: where (default <out>/embedding_cache)
     freeze_memory: bool = False  # SAM 2, decoder/lora: the memory attention and memory encoder stay frozen too
+    # activation checkpointing of the image encoder's blocks (samforge.models.checkpointing): all | N (the first N
+    # blocks) | none | auto (all for modes full and lora at inputs of 1024 px and more, else none)
+    checkpoint_blocks: str = "auto"
 
 
 @dataclass
@@ -98,7 +113,9 @@ class TrainConfig:
     out: str = "runs/train"
     steps: int = 2000
     batch_size: int = 8  # images per micro-batch (per process)
-    precision: str = "auto"  # auto (bf16 where the hardware runs it fast, else fp32) | bf16 | fp32
+    # auto (bf16 where the hardware runs it fast, else fp32) | bf16 | fp32 (TF32 matmuls on CUDA Ampere+) |
+    # fp32-strict (fp32 without TF32)
+    precision: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 10
@@ -139,22 +156,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(preset_names())})")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except Exception as e:  # OmegaConf raises its own error types for unknown keys / bad values
+            cfg = _merge_layer(cfg, OmegaConf.load(path))
+        except ValueError as e:
             raise ValueError(f"bad config file {path}: {e}") from e
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ValueError(f"overrides must be key=value (e.g. optim.lr=1e-4), got {bad}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except Exception as e:
+            cfg = _merge_layer(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except ValueError as e:
             raise ValueError(f"bad override in {overrides}: {e}") from e
     obj: TrainConfig = OmegaConf.to_object(cfg)
     if not any(o.split("=", 1)[0].strip().lstrip("+") == "data.val" for o in overrides or ()):
         obj.data.val = default_validation(obj.data.train, obj.data.val)
     validate_config(obj)
     return obj
+
+
+def _merge_layer(cfg: DictConfig, layer: DictConfig) -> DictConfig:
+    """``cfg`` <- one layer (a config file, or the command line's overrides). A recipe the layer names
+    (``prompts.recipe``) is merged first, so the layer's own ``prompts.*`` keys override the recipe's; an unknown
+    recipe, an unknown key or a value of the wrong type is a ``ValueError`` (OmegaConf's message names the key)."""
+    name = OmegaConf.select(layer, "prompts.recipe", default=None)
+    try:
+        if name is not None:
+            cfg = OmegaConf.merge(cfg, {"prompts": {"recipe": name, **recipe_settings(str(name))}})
+        return OmegaConf.merge(cfg, layer)
+    except ValueError:
+        raise
+    except Exception as e:  # OmegaConf raises its own error types for unknown keys / bad values
+        raise ValueError(str(e)) from e
 
 
 def default_validation(train: str, val: str | None) -> str | None:
@@ -168,10 +200,20 @@ def validate_config(cfg: TrainConfig) -> None:
     checks = [
         (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
-        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.precision in ("auto", "bf16", "fp32", "fp32-strict"),
+         f"precision must be auto, bf16, fp32 or fp32-strict, got {cfg.precision!r}"),
         (cfg.prompts.source in ("simulated", "stored"),
          f"prompts.source must be simulated or stored, got {cfg.prompts.source!r}"),
         (0.0 <= cfg.prompts.box_prob <= 1.0, f"prompts.box_prob must be in [0, 1], got {cfg.prompts.box_prob}"),
+        (cfg.prompts.recipe in RECIPES,
+         f"prompts.recipe: unknown recipe {cfg.prompts.recipe!r}; known recipes: {', '.join(RECIPES)}"),
+        (cfg.prompts.box_jitter in BOX_JITTERS,
+         f"prompts.box_jitter must be one of {BOX_JITTERS}, got {cfg.prompts.box_jitter!r}"),
+        (1 <= cfg.prompts.min_points <= cfg.prompts.max_points,
+         f"prompts.min_points and max_points must satisfy 1 <= min_points <= max_points, got "
+         f"{cfg.prompts.min_points} and {cfg.prompts.max_points}"),
+        (0.0 <= cfg.prompts.negative_prob <= 1.0,
+         f"prompts.negative_prob must be in [0, 1], got {cfg.prompts.negative_prob}"),
         (cfg.optim.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine|step|constant, got {cfg.optim.schedule!r}"),
         (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
         (cfg.optim.accumulate >= 1, f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}"),
@@ -190,6 +232,10 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.finetune.rank > 0, f"finetune.rank (LoRA rank) must be > 0, got {cfg.finetune.rank}"),
         (cfg.finetune.alpha > 0, f"finetune.alpha (LoRA alpha) must be > 0, got {cfg.finetune.alpha}"),
         (0 < cfg.finetune.layer_decay <= 1, f"finetune.layer_decay must be in (0, 1], got {cfg.finetune.layer_decay}"),
+        (str(cfg.finetune.checkpoint_blocks) in ("auto", "all", "none")
+         or str(cfg.finetune.checkpoint_blocks).isdigit(),
+         f"finetune.checkpoint_blocks must be all, none, auto or a number of blocks N >= 0, got "
+         f"{cfg.finetune.checkpoint_blocks!r}"),
         (cfg.model.type != "checkpoint" or cfg.model.checkpoint is not None,
          "model.type=checkpoint needs model.checkpoint (a samforge checkpoint that records its model)"),
         (cfg.log_every >= 1 and cfg.val_every >= 1 and cfg.checkpoint_every >= 1, "log_every, val_every and checkpoint_every must be >= 1"),
@@ -221,6 +267,9 @@ RANGES = {
     "prompts.box_max_noise": (0, None, True),
     "prompts.correction_rounds": (0, None, True),
     "prompts.mask_only_rounds": (0, None, True),
+    "prompts.box_outward_max": (0, None, True),
+    "prompts.box_points": (0, None, True),
+    "prompts.point_jitter": (0, None, True),
 }
 
 
@@ -239,6 +288,9 @@ def check_ranges(cfg: TrainConfig) -> None:
     types = ("checkpoint", "default", *SAM_CONFIGS, *SAM2_CONFIGS)
     if cfg.model.type not in types:
         raise ValueError(f"model.type must be one of {list(types)}, got {cfg.model.type!r}")
+    if cfg.model.type in SAM2_CONFIGS and cfg.prompts.recipe != "default":
+        raise ValueError(f"prompts.recipe={cfg.prompts.recipe} trains SAM (v1) models; SAM 2 ({cfg.model.type}) "
+                         "samples its prompts as the official trainer does (sam2_prompts.*)")
     betas = tuple(cfg.optim.betas)
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import LoraConfig, add_lora
 from samforge.train.config import FinetuneConfig
 
@@ -25,10 +26,13 @@ class FinetunePlan:
     lora: LoraConfig | None  # the adapters' configuration (lora mode)
     lr_scales: dict[int, float] | None  # id(parameter) -> learning-rate multiplier (layer-wise decay)
     trained_prefixes: tuple[str, ...]  # base weights trained along with the adapters (lora mode)
+    checkpointed_blocks: int = 0  # image encoder blocks under activation checkpointing
 
     def describe(self) -> str:
         share = 100.0 * self.trainable / max(1, self.total)
         extra = f", LoRA rank {self.lora.rank} alpha {self.lora.alpha}" if self.lora else ""
+        if self.checkpointed_blocks:
+            extra += f", activation checkpointing on {self.checkpointed_blocks} encoder blocks"
         return f"fine-tuning mode {self.mode}: {self.trainable:,} of {self.total:,} parameters trainable ({share:.2f}%){extra}"
 
 
@@ -61,9 +65,36 @@ def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> FinetunePlan:
         trained_prefixes = decoder_side if cfg.train_decoder else ()
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name or any(name.startswith(t) for t in trained_prefixes))
+    checkpointed = apply_checkpointing(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return FinetunePlan(cfg.mode, trainable, total, lora, lr_scales, trained_prefixes)
+    return FinetunePlan(cfg.mode, trainable, total, lora, lr_scales, trained_prefixes, checkpointed)
+
+
+def encoder_blocks_owner(model: nn.Module) -> nn.Module:
+    """The module holding the image encoder's blocks: SAM's ``ImageEncoderViT``, SAM 2's Hiera trunk."""
+    encoder = model.image_encoder
+    return getattr(encoder, "trunk", encoder)
+
+
+def apply_checkpointing(model: nn.Module, cfg: FinetuneConfig) -> int:
+    """Set activation checkpointing of ``model``'s image encoder blocks as ``cfg.checkpoint_blocks`` says (all |
+    N | none | auto: all for modes full and lora at inputs of 1024 px or more); returns how many blocks."""
+    spec = str(cfg.checkpoint_blocks)
+    owner = encoder_blocks_owner(model)
+    if spec == "auto":
+        size = getattr(model, "image_size", None) or model.image_encoder.img_size
+        spec = "all" if cfg.mode in ("full", "lora") and size >= 1024 else "none"
+    if spec == "all":
+        count = len(owner.blocks)
+    elif spec == "none":
+        count = 0
+    elif spec.isdigit():
+        count = int(spec)
+    else:
+        raise ValueError(f"finetune.checkpoint_blocks must be all, none, auto or a number of blocks N >= 0, "
+                         f"got {cfg.checkpoint_blocks!r}")
+    return set_checkpoint_blocks(owner, count)
 
 
 def layer_decay_scales(model: nn.Module, decay: float) -> dict[int, float]:

@@ -5,7 +5,8 @@ For every frame and every prediction step on it (the first prompt, then each cor
 ``20 * focal + dice``; an IoU-head loss (1), L1 against the true IoU, on all candidates (``supervise_all_iou``)
 or the best one; and, with an object-score head, a binary cross-entropy (1) on whether the object is in the
 frame. Mask, dice and IoU terms count only where the object is present. Everything is summed over frames and
-steps and divided by the number of objects.
+steps and divided by the number of objects. With ``learned_weighting`` the weighted terms are combined by learned
+uncertainties (:class:`~samforge.train.losses.UncertaintyWeighting`, as ``SamLoss`` does) instead of summed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.train.losses import dice_loss, mask_iou, sigmoid_focal_loss
+from samforge.train.losses import UncertaintyWeighting, dice_loss, mask_iou, sigmoid_focal_loss
 
 
 class MultiStepMultiMaskLoss(nn.Module):
@@ -33,6 +34,8 @@ class MultiStepMultiMaskLoss(nn.Module):
         pred_obj_scores: bool = True,
         focal_alpha_obj_score: float = -1.0,
         focal_gamma_obj_score: float = 0.0,
+        *,
+        learned_weighting: bool = False,
     ) -> None:
         super().__init__()
         for name, w in (("mask_weight", mask_weight), ("dice_weight", dice_weight), ("iou_weight", iou_weight),
@@ -45,6 +48,12 @@ class MultiStepMultiMaskLoss(nn.Module):
         self.iou_use_l1_loss = iou_use_l1_loss
         self.pred_obj_scores = pred_obj_scores
         self.focal_alpha_obj_score, self.focal_gamma_obj_score = focal_alpha_obj_score, focal_gamma_obj_score
+        # learned weighting: one learned log-variance per term that counts (non-zero weight; the object score only
+        # with its head), applied on top of the fixed weights as SamLoss does
+        self.learned_terms = tuple(k for k, w in self.weights.items() if w != 0 and (k != "class" or pred_obj_scores))
+        if learned_weighting and not self.learned_terms:
+            raise ValueError("learned_weighting needs at least one loss term with a non-zero weight, got all zero")
+        self.weighting = UncertaintyWeighting(len(self.learned_terms)) if learned_weighting else None
 
     def forward(self, frame_outputs: Sequence[dict], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """``frame_outputs[t]`` holds the lists ``multistep_pred_multimasks`` (``N x M x H x W`` logits per step),
@@ -60,7 +69,10 @@ class MultiStepMultiMaskLoss(nn.Module):
             for logits, ious, obj_logits in steps:
                 for k, v in self._step(logits.float(), ious.float(), obj_logits.float(), target.float()).items():
                     sums[k] = sums[k] + v / num_objects
-        total = sum(self.weights[k] * sums[k] for k in self.weights if self.weights[k] != 0)
+        if self.weighting is None:
+            total = sum(self.weights[k] * sums[k] for k in self.weights if self.weights[k] != 0)
+        else:
+            total = self.weighting(torch.stack([self.weights[k] * sums[k] for k in self.learned_terms]))
         return {"loss": total, **{k: v.detach() for k, v in sums.items()}}
 
     def _step(self, logits: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor,

@@ -71,31 +71,43 @@ def _iou_dice(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def validate_sam2(forward: Sam2TrainingForward, batches: list[dict], autocast: AbstractContextManager) -> dict[str, float]:
     """Mean over objects x frames of ``box_miou``, ``box_dice``, ``point_miou``, ``point_dice``, and ``loss`` (the
-    training loss with a fixed prompt draw per batch)."""
+    training loss with a fixed prompt draw per batch); for batches of named structures (``batch["structures"]``,
+    REFUGE's disc and cup) also each structure's ``box_dice_<name>`` and ``point_dice_<name>``, as the SAM (v1)
+    validation logs them."""
     model = forward.sam
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     count = 0
+    per_structure: dict[str, int] = {}  # object x frame pairs of each named structure
     try:
         for i, batch in enumerate(batches):
             gts = batch["masks"].to(model.device)
             if gts.shape[1] == 0:
                 continue
             n = gts.shape[0] * gts.shape[1]
+            structures = batch.get("structures") or []
+            if structures and len(structures) != gts.shape[1]:
+                raise ValueError(f"batch structures: expected one name per object ({gts.shape[1]}), got "
+                                 f"{len(structures)}")
             with autocast:
                 loss = forward(batch, np.random.default_rng([12345, i]))["loss"]
                 for prompt in ("box", "point"):
                     iou, dice = _iou_dice(track_batch(model, batch, prompt) > 0, gts)
                     sums[f"{prompt}_miou"] = sums.get(f"{prompt}_miou", 0.0) + float(iou.sum())
                     sums[f"{prompt}_dice"] = sums.get(f"{prompt}_dice", 0.0) + float(dice.sum())
+                    for k, name in enumerate(structures):  # dice: T x N, object k over all its frames
+                        key = f"{prompt}_dice_{name}"
+                        sums[key] = sums.get(key, 0.0) + float(dice[:, k].sum())
+            for name in structures:
+                per_structure[name] = per_structure.get(name, 0) + gts.shape[0]
             sums["loss"] = sums.get("loss", 0.0) + float(loss) * n
             count += n
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("validation data has no object")
-    return {k: v / count for k, v in sums.items()}
+    return {k: v / (per_structure[k.split("_dice_", 1)[1]] if "_dice_" in k else count) for k, v in sums.items()}
 
 
 def frame_to_rgb(frame: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.data.prompts import correction_click, jitter_box, mask_to_box, pack_stored_prompts, sample_points
+from samforge.data.prompts import correction_click, pack_stored_prompts
+from samforge.data.recipes import first_prompts, round_schedule
 from samforge.models.sam import Sam
 from samforge.train.config import PromptConfig
 from samforge.train.losses import SamLoss
@@ -60,21 +61,15 @@ def _decode_once(model: Sam, embeddings: torch.Tensor, points: tuple[torch.Tenso
 def initial_prompts(gts: np.ndarray, cfg: PromptConfig, rng: np.random.Generator, input_hw: list[tuple[int, int]],
                     image_index: np.ndarray, stored: list | None = None, names: list[str] | None = None,
                     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Either a jittered box per object (probability ``box_prob``) or one positive point inside each object; with
+    """Each object's first prompt as the prompt recipe says (:func:`samforge.data.recipes.first_prompts`; by
+    default a jittered box with probability ``box_prob``, else one positive point inside); with
     ``cfg.source == "stored"``, each object's stored prompt (``stored``, one per object; ``names`` the image of
     each). Returns (point coords N x P x 2, labels N x P, boxes N x 4), unused parts None."""
     if cfg.source == "stored":
         if stored is None:
             raise ValueError(f"prompts.source=stored, but no image of this batch has stored prompts ({names})")
         return pack_stored_prompts(stored, names if names is not None else ["?"] * len(stored))
-    if rng.random() < cfg.box_prob:
-        boxes = np.stack([
-            jitter_box(mask_to_box(gt), input_hw[i], rng, cfg.box_noise, cfg.box_max_noise)
-            for gt, i in zip(gts, image_index)
-        ])
-        return None, None, boxes
-    coords = np.stack([sample_points(gt, 1, rng) for gt in gts])
-    return coords, np.ones(coords.shape[:2], dtype=np.int64), None
+    return first_prompts(gts, cfg, rng, [input_hw[i] for i in image_index])
 
 
 def training_losses(
@@ -111,7 +106,7 @@ def training_losses(
                                             batch.get("prompts"), [batch["names"][i] for i in image_index.tolist()])
     mask_input = None
     pred_np: np.ndarray | None = None  # this round's masks, for the next round's correction clicks
-    rounds = [True] + [True] * cfg.correction_rounds + [False] * cfg.mask_only_rounds  # add a click?
+    rounds = round_schedule(cfg, rng)  # add a click?
     losses = []
     for r, new_click in enumerate(rounds):
         if r > 0 and new_click:

@@ -135,7 +135,8 @@ class Sam2Task:
 
     def training_forward(self, model: torch.nn.Module, precision: str, out: Path, device: torch.device) -> torch.nn.Module:
         cfg = self.cfg
-        loss_fn = MultiStepMultiMaskLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.object_score).to(device)
+        loss_fn = MultiStepMultiMaskLoss(cfg.loss.focal, cfg.loss.dice, cfg.loss.iou, cfg.loss.object_score,
+                                         learned_weighting=cfg.loss.learned_weighting).to(device)
         model.gate_masks_in_training = cfg.loss.gate_masks_by_object_score
         return Sam2TrainingForward(model, loss_fn, cfg.sam2_prompts)
 
@@ -204,6 +205,10 @@ def _image_protocols(model: torch.nn.Module, data: Any, cfg: TrainConfig, out: P
                               prompts="stored" if stored else "simulated")
     result.write(out / "eval")
     print(format_table(result.to_metrics_dict()))
+    if result.refuge is not None:  # named structures (REFUGE): Dice/IoU of each, as Medical-SAM2 reports them
+        from samforge.evaluate.refuge_metrics import format_refuge_table
+
+        print(format_refuge_table(result.refuge))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from samforge.train.step import TrainingForward
 from samforge.train.task import task_for
 from samforge.train.time_budget import TimeBudget
 from samforge.utils.atomic import atomic_write_bytes, remove_stale_temporaries
+from samforge.utils.tf32 import set_tf32
 
 RESUME_MUST_MATCH = ("model", "data", "batch_size", "seed", "finetune")
 
@@ -126,7 +127,9 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     main_process = rank == 0
-    precision = resolve_precision(cfg.precision, device)
+    strict = cfg.precision == "fp32-strict"  # fp32 without TF32 on CUDA
+    precision = resolve_precision("fp32" if strict else cfg.precision, device)
+    tf32 = set_tf32(device, strict) and precision == "fp32"  # fp32 matmuls on tensor cores (Ampere+)
     autocast = autocast_for(precision, device)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -181,6 +184,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         if isinstance(saved.get("data"), dict):  # data keys added since the run was saved count as their defaults
             defaults = config_to_dict(TrainConfig())["data"]
             saved = {**saved, "data": {**{k: defaults[k] for k in ("val_split", "split")}, **saved["data"]}}
+        saved, now = ({**c, "finetune": {k: v for k, v in c["finetune"].items() if k != "checkpoint_blocks"}}
+                      if isinstance(c.get("finetune"), dict) else c for c in (saved, now))  # memory, not the run
         changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != now.get(k)]
         if changed:
             fields = ({k: f"{saved['data'].get(k)!r} -> {v!r}" for k, v in now["data"].items()
@@ -229,7 +234,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 
     if main_process:
         print(f"model {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device}, "
-              f"{precision}, {world} process(es), {samples_per_step} images per step")
+              f"{precision}{' (TF32 matmuls)' if tf32 else ''}, {world} process(es), "
+              f"{samples_per_step} images per step")
         print(plan.describe())
     progress = tqdm(total=schedule.total_steps, initial=step, desc="train", disable=not main_process,
                     dynamic_ncols=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from samforge.models.checkpointing import block_forward
 from samforge.models.common import MLP
 from samforge.models.image_encoder import PatchEmbed, window_partition, window_unpartition
 
@@ -110,6 +111,8 @@ class Hiera(nn.Module):
     """``B x 3 x H x W`` image -> feature maps of every stage, highest resolution first
     (or only the last stage's with ``return_interm_layers=False``)."""
 
+    checkpoint_blocks: int = 0  # the first N blocks run under activation checkpointing in training (0: none)
+
     def __init__(
         self,
         embed_dim: int = 96,
@@ -180,7 +183,7 @@ class Hiera(nn.Module):
         x = x + self._get_pos_embed(x.shape[1:3])
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block_forward(block, x, i < self.checkpoint_blocks)
             if i == self.stage_ends[-1] or (i in self.stage_ends and self.return_interm_layers):
                 outputs.append(x.permute(0, 3, 1, 2))
         return outputs

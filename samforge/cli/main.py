@@ -8,11 +8,11 @@ import sys
 
 from samforge.cli import annotate
 from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, segment_everything, synth, track, train
-from samforge.cli import weights
+from samforge.cli import engine, weights
 from samforge.cli.common import describe_os_error
 
 SUBCOMMANDS = (predict, segment_everything, synth, train, finetune, lora, evaluate, quickstart, export, annotate, track,
-               weights)
+               weights, engine)
 
 
 def build_parser() -> argparse.ArgumentParser:

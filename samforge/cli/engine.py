@@ -1,0 +1,171 @@
+"""``samforge engine``: the data engine's jobs on a work folder WORK (``samforge.engine``).
+
+* ``samforge engine status WORK``: each round of WORK (model, labelled images, metrics) and what a half-written
+  round lacks.
+* ``samforge engine auto IMAGES --out WORK``: the fully automatic stage. The current round's model (the latest
+  complete round of WORK; without rounds, the model of ``--model-type`` / ``--checkpoint`` / ``--adapter``) segments
+  every image of IMAGES not in that round's labelled snapshot with a grid of prompts and strict filters (predicted
+  IoU >= 0.9, stability >= 0.95), into ``WORK/auto/<round-N | base>/``: ``masks/<stem>.json`` per image (its
+  records; written last, so a rerun skips images done) and ``annotations.json`` (COCO instances of the
+  pseudo-labels, each with ``predicted_iou``, ``stability_score`` and ``score``), ``report.json`` (masks per image,
+  score histograms: ``samforge.engine.auto_report``), ``overlays/<stem>.png`` of the first images, ``settings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from samforge.cli.common import add_precision_arg, prepare_out_dir
+from samforge.cli.segment_everything import GENERATOR_FLAGS, _check_flags, _check_settings, _load_done, read_image
+from samforge.cli.segment_everything import overlay_image, scan_folder
+from samforge.engine.auto_report import auto_report
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
+from samforge.engine.round_model import load_model_ref
+from samforge.engine.rounds import ModelRef, current_round, list_rounds, pending_round
+from samforge.models.configs import SAM_CONFIGS
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
+from samforge.predict.amg_outputs import coco_instances, records_to_json
+from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
+from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
+from samforge.utils.atomic import atomic_write_bytes, remove_stale_temporaries, save_png
+
+STRICT = {"pred_iou_thresh": PRED_IOU_THRESH, "stability_score_thresh": STABILITY_SCORE_THRESH}
+OVERLAY_SAMPLES = 4  # images drawn with their pseudo-labels in overlays/
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engine", help="the data engine: annotation rounds, the model retrained between them",
+                       description="The data engine of the SAM paper on your images, in a work folder WORK: "
+                       "WORK/rounds/<N>/ holds each round's model, labelled-image snapshot and metrics.")
+    jobs = p.add_subparsers(dest="job", required=True, metavar="JOB")
+    status = jobs.add_parser("status", help="the rounds of a work folder", description="List the rounds of WORK: "
+                             "model, labelled images, metrics; a half-written round is said with what it lacks.")
+    status.add_argument("work", metavar="WORK", help="the engine's work folder")
+    status.set_defaults(run=run_status)
+
+    auto = jobs.add_parser("auto", help="fully automatic stage: pseudo-labels for the images not yet labelled",
+                           description="The fully automatic stage: the current round's model of WORK (without "
+                           "rounds, the model of --model-type / --checkpoint / --adapter) segments every image of "
+                           "IMAGES not labelled in that round with strict filters, writing WORK/auto/<round-N|base>/"
+                           "annotations.json (COCO pseudo-labels with predicted_iou and stability_score) and "
+                           "masks/<stem>.json per image; a rerun skips images done.")
+    auto.add_argument("images_dir", metavar="IMAGES", help="folder of images (its top level)")
+    auto.add_argument("--out", required=True, metavar="WORK", help="the engine's work folder")
+    auto.add_argument("--model-type", "--model", dest="model_type", default=None, metavar="MODEL",
+                      choices=["default", *SAM_CONFIGS, *SAM2_CONFIGS],
+                      help="without rounds in WORK: the model configuration (SAM or SAM 2)")
+    auto.add_argument("--checkpoint", default=None,
+                      help="without rounds in WORK: the weights (a file or an official name)")
+    auto.add_argument("--adapter", default=None, help="without rounds in WORK: a LoRA adapter file for the model")
+    auto.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    auto.add_argument("--seed", type=int, default=0, help="seed of random weights (a model without checkpoint)")
+    add_precision_arg(auto)
+    for dest, (flag, default, kind, lo, hi) in GENERATOR_FLAGS.items():
+        default = STRICT.get(dest, default)
+        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        auto.add_argument(flag, dest=dest, type=kind, default=default,
+                          help=f"{dest} of the generator, {bounds} (default {default})")
+    auto.set_defaults(run=run_auto)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    work = Path(args.work)
+    if not work.is_dir():
+        raise FileNotFoundError(f"work folder not found: {work}")
+    rounds = list_rounds(work)
+    if not rounds:
+        print(f"{work}: no rounds yet")
+        return 0
+    for r in rounds:
+        print(r.describe())
+        if r.model is not None:
+            print(f"  model: {json.dumps(r.model.to_json())}")
+        if r.images is not None:
+            print(f"  labelled images: {len(r.images)}")
+        if r.metrics:
+            print(f"  metrics: {json.dumps(r.metrics)}")
+    current = current_round(work)
+    print(f"current round: {current.index if current else 'none (no complete round)'}")
+    return 0
+
+
+def _model_of(args: argparse.Namespace, work: Path) -> tuple[ModelRef, str, frozenset[str]]:
+    """(the model, the output folder's name, the labelled image names): the current round's, or the flags'."""
+    pending = pending_round(work) if work.is_dir() else None
+    if pending is not None:
+        print(f"note: {pending.describe()}; it is not used")
+    current = current_round(work) if work.is_dir() else None
+    flags = {k: getattr(args, k) for k in ("model_type", "checkpoint", "adapter") if getattr(args, k) is not None}
+    if current is None:
+        if not flags.keys() & {"model_type", "checkpoint"}:
+            raise ValueError(f"{work} has no complete round: give the model with --model-type and/or --checkpoint")
+        return ModelRef(args.model_type, args.checkpoint, args.adapter), "base", frozenset()
+    if flags:
+        said = ", ".join(f"--{k.replace('_', '-')}" for k in flags)
+        raise ValueError(f"{work} has round {current.index}, whose model the automatic stage uses; drop {said}")
+    return current.model.resolved(current.folder), f"round-{current.index}", frozenset(current.images)
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    images_dir = Path(args.images_dir)
+    images, skipped = scan_folder(images_dir)
+    work = prepare_out_dir(args.out)
+    ref, name, labelled = _model_of(args, work)
+    sam2 = ref.model_type in SAM2_CONFIGS
+    kwargs = _check_flags(argparse.Namespace(**{**vars(args), "use_m2m": False,
+                                                "model_type": ref.model_type if sam2 else "vit_b"}))
+    todo = [p for p in images if p.name not in labelled]
+    if not todo:
+        raise ValueError(f"every image of {images_dir} is labelled in {work}'s current round: nothing to do")
+    out = work / "auto" / name
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries([out, out / "masks"])
+    settings = {"model": ref.to_json(), "seed": args.seed if ref.checkpoint is None else None,
+                "precision": args.precision, **kwargs}
+    _check_settings(out, settings)
+
+    found = {p: _load_done(out / "masks" / f"{p.stem}.json", p) for p in todo}  # (records, size, why)
+    skipped += [(p.name, why) for p, (_, size, why) in found.items() if size is None]
+    sizes = {p: size for p, (_, size, _) in found.items() if size is not None}
+    done = {p: records for p, (records, _, _) in found.items() if records is not None}
+    pending = [p for p in sizes if p not in done]
+    for p in pending:
+        if found[p][2]:
+            print(found[p][2])  # why an earlier run's file is redone
+    print(f"{len(images)} images in {images_dir}: {len(labelled & {p.name for p in images})} labelled, "
+          f"{len(done)} already done, {len(pending)} to segment with the {name} model")
+    if pending:
+        if ref.checkpoint is None:
+            print(f"WARNING: no checkpoint: {ref.model_type} has RANDOM weights (seed {args.seed}); its pseudo-labels "
+                  "show the pipeline working, not a trained model")
+        model = load_model_ref(ref, args.device, args.seed)
+        make = SAM2AutomaticMaskGenerator if isinstance(model, SAM2Base) else SamAutomaticMaskGenerator
+        generator = make(model, output_mode="coco_rle", precision=args.precision, **kwargs)
+        for p in tqdm(pending, desc="engine auto", unit="image"):
+            try:
+                image, _ = read_image(p)
+            except ValueError as e:
+                skipped.append((p.name, f"unreadable image ({e})"))
+                continue
+            records = records_to_json(generator.generate(image))
+            atomic_write_bytes(out / "masks" / f"{p.stem}.json", json.dumps(records).encode())
+            done[p] = records
+    entries = [{"file_name": p.relative_to(images_dir).as_posix(), "height": sizes[p][0], "width": sizes[p][1],
+                "records": done[p]} for p in todo if p in done]
+    coco = coco_instances(entries, category="object", info={"description": "samforge engine auto (pseudo-labels)",
+                                                             "images_dir": str(images_dir), **settings})
+    atomic_write_bytes(out / "annotations.json", json.dumps(coco).encode())
+    atomic_write_bytes(out / "report.json", json.dumps(auto_report(coco), indent=2).encode())
+    (out / "overlays").mkdir(exist_ok=True)
+    for p in [p for p in todo if p in done][:OVERLAY_SAMPLES]:
+        save_png(overlay_image(read_image(p)[0], done[p]), out / "overlays" / f"{p.stem}.png")
+    n = len(coco["annotations"])
+    print(f"{len(entries)} images, {n} pseudo-labels ({n / max(len(entries), 1):.1f} per image): wrote "
+          f"{out.resolve()} (annotations.json, report.json, masks/, overlays/ of {OVERLAY_SAMPLES} images)")
+    for file_name, why in skipped:
+        print(f"  skipped {file_name}: {why}")
+    return 0

@@ -13,11 +13,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samforge.cli.main import main
+from samforge.data.readers import open_dataset
+from samforge.data.sample import Sample
 from samforge.data.synthetic import make_scene
 from samforge.engine import IncompleteRoundError, ModelRef, annotate_objects, current_round, filter_proposals
 from samforge.engine import finish_round, judge_proposals, list_rounds, pending_round, start_round
 from samforge.engine.auto_report import auto_report
+from samforge.engine.retrain import retrain_decoder
 from samforge.engine.round_model import load_model_ref
+from samforge.engine.simulate import SimulateSettings, label_image, simulate
 from samforge.evaluate.interactive import click_loops
 from samforge.models.build import build_sam
 from samforge.models.lora import LORA_KEY, LoraConfig, add_lora
@@ -371,3 +375,153 @@ def test_engine_auto_bad_input_exits_2(auto_images, tmp_path, capsys):
     code, _, err = run_engine(capsys, "auto", tmp_path / "missing", "--out", tmp_path / "w", "--model-type",
                               "vit_small")
     assert code == 2 and "images folder not found" in err
+
+
+# ---------------------------------------------------------------- engine simulate
+
+SIM = ["--data", "synthetic:6:64", "--images-per-round", "2", "--model-type", "vit_small", "--held-out", "2",
+       "--retrain-steps", "2", "--lr", "1e-3", "--points-per-side", "4"]
+ROUND_KEYS = {"round": int, "stage": str, "images": int, "objects": int, "clicks_per_object": float,
+              "clicked_objects": int, "hand_finished": int, "accepted_proposals": int, "proposals_shown": int, "accepted_share": float,
+              "seconds_per_image": float, "retrain_seconds": float, "retrain_loss_first": float,
+              "retrain_loss_last": float, "heldout_miou_box": float, "heldout_miou_point": float,
+              "heldout_noc85": float, "eval_seconds": float}
+
+
+def decoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in torch.load(path, weights_only=True)["model"].items() if k.startswith("mask_decoder.")}
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory) -> dict:
+    """One round, then a rerun asking for two: the second run continues after round 1."""
+    work = tmp_path_factory.mktemp("engine_sim") / "work"
+    assert main(["engine", "simulate", *SIM, "--rounds", "1", "--out", str(work)]) == 0
+    first = {f: (work / "rounds" / "1" / f).read_bytes() for f in ("metrics.json", "model.pt")}
+    assert main(["engine", "simulate", *SIM, "--rounds", "2", "--out", str(work)]) == 0
+    return {"work": work, "round1": first}
+
+
+def test_simulate_writes_rounds_json_and_png(sim_run):
+    work = sim_run["work"]
+    summary = json.loads((work / "rounds.json").read_text())
+    assert summary["data"] == "synthetic:6:64" and summary["held_out"] == ["synthetic:4", "synthetic:5"]
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and [r["stage"] for r in rounds] == ["base", "assisted", "semi"]
+    for r in rounds[1:]:
+        assert set(r) == set(ROUND_KEYS)
+        for key, kind in ROUND_KEYS.items():
+            assert isinstance(r[key], kind) or (kind is float and isinstance(r[key], int)), (key, r[key])
+        assert r["images"] == 2 and r["objects"] >= 2
+        assert 1.0 <= r["clicks_per_object"] <= 20.0 and 0.0 <= r["heldout_miou_box"] <= 1.0
+        assert r["accepted_share"] == r["accepted_proposals"] / r["objects"]
+    assert set(rounds[0]) == {"round", "stage", "heldout_miou_box", "heldout_miou_point", "heldout_noc85",
+                              "eval_seconds"}
+    assert (work / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r.metrics for r in list_rounds(work)] == rounds  # rounds.json sums up the rounds' own metrics
+    assert list_rounds(work)[2].images == ("synthetic:0", "synthetic:1", "synthetic:2", "synthetic:3")
+    assert len(list((work / "labels").glob("*.npz"))) == 4
+
+
+def test_simulate_retrain_changes_the_decoder_only(sim_run):
+    work = sim_run["work"]
+    base = load_model_ref(ModelRef("vit_small"), seed=0).state_dict()
+    one = torch.load(work / "rounds" / "1" / "model.pt", weights_only=True)["model"]
+    two = decoder_weights(work / "rounds" / "2" / "model.pt")
+    assert any(not torch.equal(one[k], base[k]) for k in two)  # round 1 retrained the base's decoder
+    assert any(not torch.equal(two[k], one[k]) for k in two)  # round 2 retrained round 1's
+    assert all(torch.equal(one[k], base[k]) for k in base if k.startswith("image_encoder."))  # the encoder is frozen
+    model = load_model_ref(current_round(work).model.resolved(current_round(work).folder))
+    assert all(torch.equal(v, two[k]) for k, v in model.state_dict().items() if k in two)
+
+
+def test_simulate_resumes_after_the_last_complete_round(sim_run, capsys):
+    work = sim_run["work"]
+    for name, data in sim_run["round1"].items():  # the rerun asking for 2 rounds left round 1 as it was
+        assert (work / "rounds" / "1" / name).read_bytes() == data
+    (work / "rounds" / "2" / "metrics.json").unlink()  # a kill before round 2 finished
+    code, out, _ = run_engine(capsys, "simulate", *SIM, "--rounds", "2", "--out", work)
+    assert code == 0 and "round 2 (semi)" in out and "round 1" not in out and "round 0" not in out
+    assert [r.index for r in list_rounds(work) if r.complete] == [0, 1, 2]
+    code, out, _ = run_engine(capsys, "simulate", *SIM, "--rounds", "2", "--out", work)
+    assert code == 0 and "round 2 (" not in out  # all done: nothing rerun
+    code, _, err = run_engine(capsys, "simulate", *SIM[:-2], "--points-per-side", "8", "--rounds", "2", "--out", work)
+    assert code == 2 and "points_per_side differ" in err
+
+
+def test_label_image_counts_accepted_proposals():
+    scene = make_scene(3, image_size=(48, 64), num_objects=3)
+    sample = Sample(scene.image, scene.masks, "scene")
+    predictor = SamPredictor(build_sam("vit_small"))
+    predictor.set_image(scene.image)
+    proposals = [record(scene.masks[1], 0.99, 0.99),  # the true object 1: accepted
+                 record(box_mask(0, 0, 3, 3, 48, 64), 0.99, 0.99),  # matches nothing: shown, rejected
+                 record(scene.masks[2], 0.5, 0.99)]  # not confident: never shown
+    labels = label_image(predictor, sample, proposals)
+    assert labels.from_proposals == 1 and labels.proposals_shown == 2
+    assert labels.clicks[1] == 0 and labels.clicks[0] >= 1 and labels.clicks[2] >= 1
+    assert np.array_equal(labels.masks[1], scene.masks[1]) and labels.masks.shape == scene.masks.shape
+    plain = label_image(predictor, sample)  # assisted stage: every object clicked
+    assert plain.from_proposals == 0 and plain.proposals_shown == 0 and min(plain.clicks) >= 1
+    # random weights never reach IoU 0.85 in 20 clicks: each clicked object is finished by hand (its true mask)
+    assert plain.hand_finished == 3 and labels.hand_finished == 2 and plain.clicks == [20, 20, 20]
+    assert np.array_equal(plain.masks, scene.masks)
+
+
+def test_simulate_counts_accepted_proposals_per_round(tmp_path, monkeypatch):
+    data = open_dataset("synthetic:5:64")
+    truth = {data[i].image.tobytes(): data[i].masks for i in range(len(data))}
+
+    class TruthProposals:  # a generator proposing every true object but the first, confidently
+        def __init__(self, model, **kwargs) -> None:
+            pass
+
+        def generate(self, image: np.ndarray) -> list[dict]:
+            return [record(m, 0.99, 0.99) for m in truth[image.tobytes()][1:]]
+
+    monkeypatch.setattr("samforge.engine.simulate.SamAutomaticMaskGenerator", TruthProposals)
+    settings = SimulateSettings(rounds=1, images_per_round=2, held_out=1, semi_from=1, retrain_steps=1)
+    (r0, r1) = simulate(data, "synthetic:5:64", tmp_path / "w", ModelRef("vit_small"), settings, log=lambda s: None)
+    objects = sum(len(data[i].masks) for i in range(2))
+    assert r1["stage"] == "semi" and r1["objects"] == objects
+    assert r1["accepted_proposals"] == objects - 2 and r1["clicked_objects"] == 2
+    assert r1["accepted_share"] == (objects - 2) / objects
+
+
+def test_simulate_bad_input_exits_2(tmp_path, capsys):
+    for flags, said in ((["--rounds", "0"], "rounds must be an int >= 1, got 0"),
+                        (["--rounds", "1", "--images-per-round", "0"], "images_per_round must be an int >= 1, got 0"),
+                        (["--rounds", "3", "--images-per-round", "2"], "data has 6 images, but 3 rounds x 2 images + "
+                                                                         "2 held out need 8")):
+        code, _, err = run_engine(capsys, "simulate", *SIM, *flags, "--out", tmp_path / "w")
+        assert code == 2 and said in err, err
+    images = tmp_path / "no_truth"
+    (images / "images").mkdir(parents=True)
+    Image.fromarray(make_scene(0, image_size=(32, 32)).image).save(images / "images" / "a.png")
+    code, _, err = run_engine(capsys, "simulate", *SIM, "--rounds", "1", "--data", images, "--out", tmp_path / "w")
+    assert code == 2 and "the simulation needs images with ground-truth masks" in err, err
+    code, _, err = run_engine(capsys, "simulate", "--rounds", "1", "--images-per-round", "1", "--out", tmp_path / "w")
+    assert code == 2 and "give the base model with --model-type and/or --checkpoint" in err
+    assert not (tmp_path / "w").exists()  # bad input leaves no folder behind
+    with pytest.raises(ValueError, match="ground-truth masks"):
+        simulate([Sample(np.zeros((32, 32, 3), np.uint8), np.zeros((0, 32, 32), bool), "empty")] * 3, "list",
+                 tmp_path / "x", ModelRef("vit_small"), SimulateSettings(rounds=1, images_per_round=1, held_out=1))
+
+
+def test_retrain_decoder_keeps_the_recorded_objective_and_rejects_bad_input(tmp_path):
+    scene = make_scene(1, image_size=(64, 64), num_objects=2)
+    samples = [Sample(scene.image, scene.masks, "s")]
+    model = build_sam("vit_small")
+    config = {"loss": {"focal": 0.5, "dice": 1.0, "iou": 1.0, "resolution": "low_res"},
+              "prompts": {"source": "stored", "correction_rounds": 0, "mask_only_rounds": 0}}
+    losses = retrain_decoder(model, samples, 1, tmp_path / "cache", train_config=config)
+    assert len(losses) == 1 and np.isfinite(losses[0]) and not model.training
+    for kwargs, error, said in (({"steps": 0}, ValueError, "steps must be an int >= 1"),
+                                ({"train_config": ["loss"]}, TypeError, "train_config must be a dict"),
+                                ({"train_config": {"loss": 3}}, ValueError, r"train_config\['loss'\] must be a dict")):
+        with pytest.raises(error, match=said):
+            retrain_decoder(model, samples, **{"steps": 1, "cache_dir": tmp_path / "cache", **kwargs})
+    with pytest.raises(TypeError, match="must be a samforge Sam"):
+        retrain_decoder(torch.nn.Linear(2, 2), samples, 1, tmp_path / "cache")
+    with pytest.raises(ValueError, match="non-empty list of Sample"):
+        retrain_decoder(model, [], 1, tmp_path / "cache")

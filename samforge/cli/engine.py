@@ -9,6 +9,8 @@
   records; written last, so a rerun skips images done) and ``annotations.json`` (COCO instances of the
   pseudo-labels, each with ``predicted_iou``, ``stability_score`` and ``score``), ``report.json`` (masks per image,
   score histograms: ``samforge.engine.auto_report``), ``overlays/<stem>.png`` of the first images, ``settings.json``.
+* ``samforge engine simulate --data DATA --rounds R --images-per-round K --out WORK``: the whole loop with a
+  simulated annotator on data with ground truth (``samforge.engine.simulate``): ``rounds.json``, ``rounds.png``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from tqdm import tqdm
 from samforge.cli.common import add_precision_arg, prepare_out_dir
 from samforge.cli.segment_everything import GENERATOR_FLAGS, _check_flags, _check_settings, _load_done, read_image
 from samforge.cli.segment_everything import overlay_image, scan_folder
+from samforge.data.readers import open_dataset
 from samforge.engine.auto_report import auto_report
 from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, list_rounds, pending_round
+from samforge.engine.simulate import SimulateSettings, simulate
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
 from samforge.predict.amg_outputs import coco_instances, records_to_json
@@ -70,6 +74,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         auto.add_argument(flag, dest=dest, type=kind, default=default,
                           help=f"{dest} of the generator, {bounds} (default {default})")
     auto.set_defaults(run=run_auto)
+
+    sim = jobs.add_parser("simulate", help="the whole loop with a simulated annotator, measured round by round",
+                          description="The data engine on data with ground truth, a simulated person clicking (the "
+                          "NoC rule) and judging proposals, the mask decoder retrained between rounds. Writes "
+                          "WORK/rounds/<N>/ (model.pt, metrics.json), rounds.json and rounds.png; a rerun continues "
+                          "after the last complete round.")
+    sim.add_argument("--data", default="synthetic:64:256", help="dataset spec with ground-truth masks (see "
+                     "samforge train --help; default synthetic:64:256)")
+    sim.add_argument("--rounds", type=int, required=True, help="annotation rounds after the base model (>= 1)")
+    sim.add_argument("--images-per-round", type=int, required=True, help="new images labelled per round (>= 1)")
+    sim.add_argument("--out", required=True, metavar="WORK", help="the engine's work folder")
+    sim.add_argument("--model-type", "--model", dest="model_type", default=None, metavar="MODEL",
+                     choices=["default", *SAM_CONFIGS], help="the base model's configuration (SAM v1)")
+    sim.add_argument("--checkpoint", default=None, help="the base model's weights (a file or an official name)")
+    defaults = SimulateSettings(rounds=1, images_per_round=1)
+    sim.add_argument("--held-out", type=int, default=defaults.held_out,
+                     help=f"the last images of DATA kept for each round's validation (default {defaults.held_out})")
+    sim.add_argument("--semi-from", type=int, default=defaults.semi_from,
+                     help=f"first round of the semi-automatic stage (default {defaults.semi_from})")
+    sim.add_argument("--retrain-steps", type=int, default=defaults.retrain_steps,
+                     help=f"decoder fine-tuning steps between rounds (default {defaults.retrain_steps})")
+    sim.add_argument("--lr", type=float, default=defaults.lr, help=f"retrain learning rate (default {defaults.lr})")
+    sim.add_argument("--points-per-side", type=int, default=defaults.points_per_side,
+                     help=f"grid of the automatic masks proposed (default {defaults.points_per_side})")
+    sim.add_argument("--seed", type=int, default=0, help="seed of random weights and of the retrain draws")
+    sim.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    sim.set_defaults(run=run_simulate)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    settings = SimulateSettings(rounds=args.rounds, images_per_round=args.images_per_round, held_out=args.held_out,
+                                semi_from=args.semi_from, retrain_steps=args.retrain_steps, lr=args.lr,
+                                points_per_side=args.points_per_side, seed=args.seed)
+    if args.model_type is None and args.checkpoint is None:
+        raise ValueError("give the base model with --model-type and/or --checkpoint")
+    work = prepare_out_dir(args.out)
+    base = ModelRef(args.model_type, args.checkpoint)
+    if args.checkpoint is None:
+        print(f"WARNING: no checkpoint: {args.model_type} starts from RANDOM weights (seed {args.seed})")
+    try:
+        data = open_dataset(args.data)
+    except ValueError as e:
+        raise ValueError(f"--data {args.data}: the simulation needs images with ground-truth masks: {e}") from e
+    table = simulate(data, args.data, work, base, settings, device=args.device)
+    print(f"{len(table) - 1} rounds: wrote {work.resolve()} (rounds.json, rounds.png, rounds/)")
+    return 0
 
 
 def run_status(args: argparse.Namespace) -> int:

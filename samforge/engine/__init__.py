@@ -7,6 +7,8 @@ drive it.
 * :mod:`samforge.engine.simulated_annotator`: the clicks and accept/reject decisions of a simulated person;
 * :mod:`samforge.engine.round_model`: the model a round refers to (checkpoint, random weights, LoRA adapter);
 * :mod:`samforge.engine.auto_report`: masks per image and score histograms of the automatic stage.
+* :mod:`samforge.engine.retrain`: the decoder-only fine-tune between rounds (embedding cache, the trainer's step);
+* :mod:`samforge.engine.simulate`: the whole loop with a simulated person, measured round by round.
 """
 
 from samforge.engine.auto_report import auto_report

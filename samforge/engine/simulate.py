@@ -1,0 +1,311 @@
+"""The data engine with a simulated person: rounds of annotation on data with ground truth, the model retrained
+between rounds, each round measured (``samforge engine simulate``).
+
+Round 0 is the base model. Round ``r`` (1..R) takes the next ``K`` images of the pool (the data minus its
+held-out images) and labels every object with the current model (round ``r - 1``'s):
+
+* assisted stage: the simulated annotator clicks each object (:func:`annotate_objects`, the NoC rule) and the
+  mask it ends with is the object's label; an object still below IoU 0.85 after 20 clicks is finished by hand
+  (as SAM's annotators did with brush and eraser): its label is the true mask;
+* semi-automatic stage (from round ``semi_from``): the automatic masks that pass the strict proposal filter
+  (:func:`filter_proposals`) are judged (:func:`judge_proposals`); accepted ones are labels without a click, the
+  objects no proposal matched are clicked.
+
+Then the mask decoder is fine-tuned on all labels so far (:func:`samforge.engine.retrain.retrain_decoder`) into
+``WORK/rounds/<r>/model.pt``, and the round's metrics (clicks per object, share of objects from accepted proposals,
+compute seconds per image, held-out mIoU) complete it (:mod:`samforge.engine.rounds`). Labels are kept per image in
+``WORK/labels/``; ``WORK/rounds.json`` and ``WORK/rounds.png`` sum the rounds up. A rerun continues after the last
+complete round (with the same settings, ``WORK/simulate.json``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from samforge.data.sample import Sample
+from samforge.engine.proposals import filter_proposals
+from samforge.engine.retrain import retrain_decoder
+from samforge.engine.round_model import load_model_ref
+from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
+from samforge.engine.simulated_annotator import TARGET_IOU, annotate_objects, judge_proposals
+from samforge.evaluate.evaluator import evaluate_dataset
+from samforge.models.checkpoint import read_checkpoint
+from samforge.models.build import resolve_sam_config
+from samforge.models.sam import Sam
+from samforge.predict.amg_outputs import segmentation_to_mask
+from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
+from samforge.predict.predictor import SamPredictor
+from samforge.train.checkpoint import save_training_checkpoint
+from samforge.utils.atomic import atomic_write_bytes
+
+SETTINGS_FILE = "simulate.json"
+ROUND_CHECKPOINT = "model.pt"
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    """What a simulation run is: ``rounds`` rounds of ``images_per_round`` images, the last ``held_out`` images of
+    the data kept for validation, the semi-automatic stage from round ``semi_from``, ``retrain_steps`` decoder
+    steps at ``lr`` between rounds, automatic masks from a ``points_per_side`` grid."""
+
+    rounds: int
+    images_per_round: int
+    held_out: int = 4
+    semi_from: int = 2
+    retrain_steps: int = 20
+    lr: float = 1e-4
+    points_per_side: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("rounds", 1), ("images_per_round", 1), ("held_out", 1), ("semi_from", 1),
+                          ("retrain_steps", 1), ("points_per_side", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    """One image labelled by the simulated person: a mask per object (in the objects' order), the clicks each
+    object cost (0 for one taken from an accepted proposal), how many proposals were shown, and how many clicked
+    objects never reached the target IoU and were finished by hand (their label is the true mask, as a person's
+    brush would make it)."""
+
+    masks: np.ndarray
+    clicks: list[int]
+    from_proposals: int
+    proposals_shown: int
+    hand_finished: int = 0
+
+
+class _Subset:
+    """Samples ``indices`` of a dataset, as a dataset."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.dataset[self.indices[i]]
+
+
+def label_image(predictor: SamPredictor, sample: Sample, proposals: Sequence[dict] | None = None) -> ImageLabels:
+    """Label ``sample``'s objects on ``predictor`` (its image set to ``sample.image``): with ``proposals``
+    (automatic-mask records, semi-automatic stage) those passing :func:`filter_proposals` are judged and the
+    accepted ones become their object's label; every other object is clicked (:func:`annotate_objects`), its
+    last mask the label where it reached the target IoU, else the true mask (finished by hand)."""
+    if not isinstance(sample, Sample):
+        raise TypeError(f"sample must be a Sample, got {type(sample).__name__}")
+    gts = [m for m in sample.masks]
+    labels: list[np.ndarray | None] = [None] * len(gts)
+    clicks = [0] * len(gts)
+    shown = 0
+    if proposals is not None:
+        kept = filter_proposals(list(proposals))
+        shown = len(kept)
+        for record, verdict in zip(kept, judge_proposals(kept, gts)):
+            if verdict.accepted:
+                labels[verdict.object_index] = segmentation_to_mask(record["segmentation"], "proposal")
+    todo = [k for k, m in enumerate(labels) if m is None]
+    traces = annotate_objects(predictor, [gts[k] for k in todo]) if todo else []
+    hand = 0
+    for k, trace in zip(todo, traces):
+        reached = trace.ious[-1] >= TARGET_IOU
+        labels[k] = trace.last_mask.astype(bool) if reached else gts[k].copy()
+        clicks[k] = len(trace.ious)
+        hand += not reached
+    return ImageLabels(np.stack(labels), clicks, len(gts) - len(todo), shown, hand)
+
+
+def _open_data(data: Any, settings: SimulateSettings) -> tuple[list[int], list[int]]:
+    """(pool indices, held-out indices) of ``data``; checks it is big enough and has ground truth."""
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise TypeError(f"data must be a dataset (sized, indexable, yielding Sample), got {type(data).__name__}")
+    need = settings.rounds * settings.images_per_round + settings.held_out
+    if len(data) < need:
+        raise ValueError(f"data has {len(data)} images, but {settings.rounds} rounds x {settings.images_per_round} "
+                         f"images + {settings.held_out} held out need {need}")
+    first = data[0]
+    if not isinstance(first, Sample) or first.masks.ndim != 3 or len(first.masks) == 0:
+        raise ValueError(f"data must have ground-truth masks (the simulated annotator clicks against them), got "
+                         f"{getattr(first, 'name', type(first).__name__)} with no object mask")
+    n = len(data)
+    return list(range(n - settings.held_out)), list(range(n - settings.held_out, n))
+
+
+def _model_record(base: ModelRef) -> dict:
+    """What a round checkpoint records: the base checkpoint's ``sam_config`` (else the configuration of
+    ``base.model_type``) to rebuild the model, and its training ``config`` (the retrain keeps its objective)."""
+    extras = read_checkpoint(base.checkpoint)[1] if base.checkpoint is not None else {}
+    record = {k: extras[k] for k in ("sam_config", "config") if isinstance(extras.get(k), dict)}
+    if "sam_config" not in record and base.model_type is not None:
+        record["sam_config"] = resolve_sam_config(base.model_type)[1].to_dict()
+    return record
+
+
+def _check_settings(work: Path, spec: str, base: ModelRef, settings: SimulateSettings) -> None:
+    """Record the run's settings in ``work``; a rerun must have the same ones, but for ``rounds`` (more rounds
+    continue the run)."""
+    wanted = json.loads(json.dumps({"data": spec, "base": base.to_json(), **settings.__dict__}))
+    path = work / SETTINGS_FILE
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(found) | set(wanted) if k != "rounds" and found.get(k) != wanted.get(k))
+        if diff:
+            raise ValueError(f"{work} holds a simulation with other settings ({', '.join(diff)} differ: see {path}); "
+                             "use another --out, or the same settings to continue it")
+        if found == wanted:
+            return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(wanted, indent=2).encode())
+
+
+def _labels_path(work: Path, index: int) -> Path:
+    return work / "labels" / f"{index:06d}.npz"
+
+
+def _save_labels(work: Path, index: int, masks: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, masks=masks)
+    _labels_path(work, index).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(_labels_path(work, index), buf.getvalue())
+
+
+def _labelled_samples(work: Path, data: Any, indices: Sequence[int]) -> list[Sample]:
+    out = []
+    for i in indices:
+        sample = data[i]
+        with np.load(_labels_path(work, i)) as f:
+            masks = f["masks"]
+        keep = masks.reshape(len(masks), -1).any(1)  # a label mask that came out empty is no training target
+        if keep.any():
+            out.append(Sample(sample.image, masks[keep], name=sample.name))
+    return out
+
+
+def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -> dict[str, float]:
+    """The model's mIoU on the held-out images (evaluation protocols ``box`` and ``center_point``, mean over
+    objects) and its NoC at 0.85."""
+    metrics = evaluate_dataset(model, _Subset(data, indices), seed=seed, progress=False).to_metrics_dict()
+    return {"heldout_miou_box": metrics["box"]["miou"], "heldout_miou_point": metrics["center_point"]["miou"],
+            "heldout_noc85": metrics["interactive"]["noc85"]}
+
+
+def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: SimulateSettings,
+             device: str = "cpu", log=print) -> list[dict]:
+    """Run (or continue) the simulation of ``settings`` on ``data`` (named ``spec``) from ``base`` in ``work``;
+    returns each round's metrics (round 0 first) and writes ``rounds.json`` / ``rounds.png``."""
+    if not isinstance(base, ModelRef):
+        raise TypeError(f"base must be a ModelRef, got {type(base).__name__}")
+    if not isinstance(settings, SimulateSettings):
+        raise TypeError(f"settings must be SimulateSettings, got {type(settings).__name__}")
+    pool, held = _open_data(data, settings)
+    work = Path(work)
+    _check_settings(work, spec, base, settings)
+    record = _model_record(base)
+    if current_round(work) is None:
+        start_round(work, base, [])
+        model = load_model_ref(base, device, settings.seed)
+        if not isinstance(model, Sam):
+            raise ValueError(f"engine simulate retrains SAM (v1) models; {base.model_type or base.checkpoint} is SAM 2")
+        t0 = time.perf_counter()
+        metrics = {"round": 0, "stage": "base", **heldout_miou(model, data, held, settings.seed)}
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        finish_round(work, 0, metrics)
+        log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}")
+    while (cur := current_round(work)).index < settings.rounds:
+        r = cur.index + 1
+        images = pool[: r * settings.images_per_round]
+        names = [data[i].name for i in images]
+        start_round(work, ModelRef(base.model_type, ROUND_CHECKPOINT), names)
+        model = load_model_ref(cur.model.resolved(cur.folder), device, settings.seed)
+        stage = "semi" if r >= settings.semi_from else "assisted"
+        predictor = SamPredictor(model)
+        generator = SamAutomaticMaskGenerator(model, points_per_side=settings.points_per_side) if stage == "semi" \
+            else None
+        new = images[(r - 1) * settings.images_per_round:]
+        clicks, accepted, shown, hand, t0 = [], 0, 0, 0, time.perf_counter()
+        for i in new:
+            sample = data[i]
+            predictor.set_image(sample.image)
+            proposals = generator.generate(sample.image) if generator is not None else None
+            labels = label_image(predictor, sample, proposals)
+            _save_labels(work, i, labels.masks)
+            clicks += labels.clicks
+            accepted += labels.from_proposals
+            shown += labels.proposals_shown
+            hand += labels.hand_finished
+        annotate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        losses = retrain_decoder(model, _labelled_samples(work, data, images), settings.retrain_steps,
+                                 work / "embedding_cache", lr=settings.lr, seed=settings.seed + r,
+                                 train_config=record.get("config"))
+        retrain_s = time.perf_counter() - t0
+        folder = work / "rounds" / str(r)
+        save_training_checkpoint(folder / ROUND_CHECKPOINT, model=model.state_dict(), **record)
+        t0 = time.perf_counter()
+        metrics = {
+            "round": r, "stage": stage, "images": len(new), "objects": len(clicks),
+            "clicks_per_object": float(np.mean(clicks)) if clicks else 0.0,
+            "clicked_objects": sum(c > 0 for c in clicks), "hand_finished": hand,
+            "accepted_proposals": accepted, "proposals_shown": shown,
+            "accepted_share": accepted / len(clicks) if clicks else 0.0,
+            "seconds_per_image": round(annotate_s / len(new), 3), "retrain_seconds": round(retrain_s, 3),
+            "retrain_loss_first": losses[0], "retrain_loss_last": losses[-1],
+            **heldout_miou(model, data, held, settings.seed),
+        }
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        finish_round(work, r, metrics)
+        log(f"round {r} ({stage}): {metrics['clicks_per_object']:.2f} clicks/object, "
+            f"{100 * metrics['accepted_share']:.0f}% from proposals, held-out mIoU box "
+            f"{metrics['heldout_miou_box']:.3f}")
+    table = [r.metrics for r in list_rounds(work) if r.complete]
+    write_summary(work, spec, settings, [data[i].name for i in held], table)
+    return table
+
+
+def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: list[str], table: list[dict]) -> None:
+    """``rounds.json`` (settings, held-out names, each round's metrics) and ``rounds.png`` (the curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {"data": spec, "settings": settings.__dict__, "held_out": held_out, "rounds": table}
+    atomic_write_bytes(work / "rounds.json", json.dumps(summary, indent=2).encode())
+    done = [m for m in table if m["round"] >= 1]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    axes[0].plot([m["round"] for m in done], [m["clicks_per_object"] for m in done], "o-")
+    axes[0].set(title="clicks per object", xlabel="round")
+    axes[1].plot([m["round"] for m in done], [100 * m["accepted_share"] for m in done], "o-")
+    axes[1].set(title="objects from accepted proposals (%)", xlabel="round")
+    for key, label in (("heldout_miou_box", "box"), ("heldout_miou_point", "center point")):
+        axes[2].plot([m["round"] for m in table], [m[key] for m in table], "o-", label=label)
+    axes[2].set(title="held-out mIoU", xlabel="round (0 = base)")
+    axes[2].legend()
+    axes[0].set_ylim(0, 20.5)
+    axes[1].set_ylim(0, 100)
+    axes[2].set_ylim(0, 1)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"samforge engine simulate on {spec}: {settings.images_per_round} images per round, "
+                 f"{len(held_out)} held out")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(work / "rounds.png", buf.getvalue())

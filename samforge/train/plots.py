@@ -17,9 +17,27 @@ from samforge.viz.overlay import draw_overlay
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` ([] when there is none). A torn last line (the run killed while appending
+    it) is skipped with a message; any other line that is not a JSON record with an integer "step" is a
+    ``ValueError`` naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    records = []
+    for k, (i, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"expected a JSON object with an integer 'step', got {line[:80]!r}")
+        except ValueError as e:
+            if k == len(numbered) - 1:
+                print(f"{path}: skipping its last line {i}, torn by a killed run ({line[:60]!r}...)")
+                break
+            raise ValueError(f"{path}: line {i} is not a metrics record ({e}); fix or delete that line "
+                             "to resume the run") from e
+        records.append(record)
+    return records
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:

@@ -31,7 +31,7 @@ from samforge.train.checkpoint import load_resume_checkpoint, rng_state, save_tr
 from samforge.train.config import TrainConfig, config_to_dict, config_to_yaml
 from samforge.train.finetune import apply_finetune
 from samforge.train.optim import build_optimizer, build_scheduler
-from samforge.train.plots import plot_curves
+from samforge.train.plots import plot_curves, read_metrics
 from samforge.train.sam2_step import Sam2TrainingForward
 from samforge.train.step import TrainingForward
 from samforge.train.task import task_for
@@ -84,24 +84,8 @@ class MetricsLog:
             atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
 
     def read(self) -> list[dict]:
-        """The records; a torn last line (the run killed while appending it) is skipped with a message, any other
-        line that is not a JSON record with a "step" is a ``ValueError`` naming the file and line."""
-        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-        records = []
-        for k, (i, line) in enumerate(numbered):
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                    raise ValueError(f"expected a JSON object with an integer 'step', got {line[:80]!r}")
-            except ValueError as e:
-                if k == len(numbered) - 1:
-                    print(f"{self.path}: skipping its last line {i}, torn by a killed run ({line[:60]!r}...)")
-                    break
-                raise ValueError(f"{self.path}: line {i} is not a metrics record ({e}); fix or delete that line "
-                                 "to resume the run") from e
-            records.append(record)
-        return records
+        """The records (see :func:`read_metrics`: a torn last line is skipped with a message)."""
+        return read_metrics(self.path)
 
     def write(self, record: dict) -> None:
         if self.enabled:

@@ -1,10 +1,10 @@
 """Image-encoder speed per precision on the machine that runs it (issue #25), every figure in one command.
 
     .venv/bin/python benchmarks/cpu_speed.py [--model vit_b | sam2.1_hiera_t | sam2.1_hiera_s | ...]
-        [--device cpu|cuda] [--repeats 3] [--quick] [--bf16-anyway]
+        [--device cpu|cuda] [--repeats 3] [--quick] [--bf16-anyway] [--precisions fp32,fp32-fast,bf16,int8]
 
 Prints, for this machine: the CPU (model, torch's capability, AVX512-BF16, AMX), threads and load average; GEMM rates
-of 4096x768 @ 768x3072 in fp32, bf16 and dynamic int8 (``torch.ao`` quantised ``nn.Linear``); the encoder's FLOPs
+of 4096x768 @ 768x3072 in fp32, bf16 and dynamic int8 (``samforge.predict.quantize.Int8Linear``); the encoder's FLOPs
 (counted on the official fp32 call) and its floor (FLOPs over the best rate); then ``set_image`` seconds of the
 official predictor in fp32 and under ``torch.autocast(bfloat16)``, and of ours in fp32 / fp32-fast / bf16 / int8,
 with official fp32 / this and official bf16 / this, and each path's masks against our fp32 masks (mean and min IoU
@@ -13,7 +13,8 @@ so masks are not trivial. The calls of a repeat alternate between the paths (loa
 medians of ``--repeats`` (``--quick``: one call each, no warm-up). Our "bf16" row is what ``precision="bf16"`` runs
 here: on a CPU without native bf16 that is the "fp32-fast" fallback; the official bf16 autocast row is emulated
 there (10-100x slower) and skipped unless ``--bf16-anyway``. int8 is CPU only (skipped with ``--device cuda``);
-its one-off quantisation time is printed apart.
+its one-off quantisation time is printed apart. ``--precisions`` times only those of ours (fp32 is always run: it is
+the masks' reference).
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--bf16-anyway", action="store_true",
                         help="also time the official bf16 autocast on a CPU without native bf16 (emulated, slow)")
     parser.add_argument("--image", default="768x1024", help="HxW of the random image (default 768x1024)")
+    parser.add_argument("--precisions", default=",".join(OURS),
+                        help=f"ours to time, comma-separated, from {','.join(OURS)} (default all; fp32 always runs)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -134,6 +137,9 @@ def main() -> None:
     except ValueError:
         raise SystemExit(f"--image must be HxW, e.g. 768x1024, got {args.image!r}") from None
     repeats = 1 if args.quick else args.repeats
+    chosen = {"fp32", *(p.strip() for p in args.precisions.split(",") if p.strip())}
+    if chosen - set(OURS):
+        raise SystemExit(f"--precisions must be from {','.join(OURS)}, got {args.precisions!r}")
     device = torch.device(args.device)
     warnings.simplefilter("ignore", DeprecationWarning)
 
@@ -155,7 +161,8 @@ def main() -> None:
     grid = [(x, y) for y in (0.3, 0.7) for x in (0.2, 0.4, 0.6, 0.8)]
     prompts = [np.array([x * w, y * h]) for x, y in grid]
     p_off = Official(official)
-    p_ours = {name: Ours(ours, precision=name) for name in OURS if not (name == "int8" and device.type != "cpu")}
+    p_ours = {name: Ours(ours, precision=name) for name in OURS
+              if name in chosen and not (name == "int8" and device.type != "cpu")}
 
     from torch.utils.flop_counter import FlopCounterMode
 

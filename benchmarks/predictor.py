@@ -237,6 +237,7 @@ def bench_model(model_name: str, args, device: torch.device, precisions: list[st
     for precision in precisions:
         p_ours = SamPredictor(ours, precision=OURS_PRECISION[precision])
         p_ours.fast_attention_mode = args.attention
+        p_ours.fp32_cpu_attention_mode = args.attention
         off_setting = OFFICIAL_SETTING[precision]
         run_official = p_off is not None and off_setting not in official_done
         with setting(precision, device, autocast=False):

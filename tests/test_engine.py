@@ -19,7 +19,8 @@ from samforge.data.synthetic import make_scene
 from samforge.engine import IncompleteRoundError, ModelRef, annotate_objects, current_round, filter_proposals
 from samforge.engine import finish_round, judge_proposals, list_rounds, pending_round, start_round
 from samforge.engine.auto_report import auto_report
-from samforge.engine.retrain import retrain_decoder
+from samforge.engine.pseudo_label_quality import iou_matrix, match_count, pseudo_label_scores
+from samforge.engine.retrain import retrain_decoder, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.simulate import SimulateSettings, label_image, simulate
 from samforge.evaluate.interactive import click_loops
@@ -380,12 +381,17 @@ def test_engine_auto_bad_input_exits_2(auto_images, tmp_path, capsys):
 # ---------------------------------------------------------------- engine simulate
 
 SIM = ["--data", "synthetic:6:64", "--images-per-round", "2", "--model-type", "vit_small", "--held-out", "2",
-       "--retrain-steps", "2", "--lr", "1e-3", "--points-per-side", "4"]
+       "--retrain-steps", "2", "--lr", "1e-3", "--retrain-val-share", "0", "--points-per-side", "4"]
 ROUND_KEYS = {"round": int, "stage": str, "images": int, "objects": int, "clicks_per_object": float,
               "clicked_objects": int, "hand_finished": int, "accepted_proposals": int, "proposals_shown": int, "accepted_share": float,
-              "seconds_per_image": float, "retrain_seconds": float, "retrain_loss_first": float,
-              "retrain_loss_last": float, "heldout_miou_box": float, "heldout_miou_point": float,
-              "heldout_noc85": float, "eval_seconds": float}
+              "seconds_per_image": float, "annotate_seconds": float, "retrain_seconds": float,
+              "retrain_images": int, "retrain_val_images": int, "retrain_steps_done": int, "retrain_kept_step": int,
+              "retrain_loss_first": float, "retrain_loss_last": float, "retrain_val_losses": list,
+              "heldout_miou_box": float, "heldout_miou_point": float, "heldout_miou_at_clicks": dict,
+              "heldout_noc85": float, "eval_seconds": float, "auto": dict, "auto_seconds": float}
+MEASURED = {"heldout_miou_box", "heldout_miou_point", "heldout_miou_at_clicks", "heldout_noc85", "eval_seconds", "auto",
+            "auto_seconds"}  # each round's measurements on the held-out images, the base's (round 0) too
+AUTO_KEYS = {"pseudo_labels", "objects", "per_image", "precision@0.5", "recall@0.5", "precision@0.75", "recall@0.75"}
 
 
 def decoder_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -415,8 +421,15 @@ def test_simulate_writes_rounds_json_and_png(sim_run):
         assert r["images"] == 2 and r["objects"] >= 2
         assert 1.0 <= r["clicks_per_object"] <= 20.0 and 0.0 <= r["heldout_miou_box"] <= 1.0
         assert r["accepted_share"] == r["accepted_proposals"] / r["objects"]
-    assert set(rounds[0]) == {"round", "stage", "heldout_miou_box", "heldout_miou_point", "heldout_noc85",
-                              "eval_seconds"}
+    assert set(rounds[0]) == {"round", "stage", *MEASURED}
+    for r in rounds:
+        assert set(r["auto"]) == AUTO_KEYS and r["auto"]["objects"] == sum(
+            len(open_dataset("synthetic:6:64")[i].masks) for i in (4, 5))
+        assert set(r["heldout_miou_at_clicks"]) == {"1", "2", "3", "5", "9"}
+    for r in rounds[1:]:  # no validation share: every labelled image trains, every step is kept
+        assert r["retrain_val_images"] == 0 and r["retrain_images"] == 2 * r["round"]
+        assert r["retrain_kept_step"] == r["retrain_steps_done"] == 2 and r["retrain_val_losses"] == []
+    assert set(summary["seconds"]) == {"annotate_seconds", "retrain_seconds", "eval_seconds", "auto_seconds", "total"}
     assert (work / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r.metrics for r in list_rounds(work)] == rounds  # rounds.json sums up the rounds' own metrics
     assert list_rounds(work)[2].images == ("synthetic:0", "synthetic:1", "synthetic:2", "synthetic:3")
@@ -525,3 +538,63 @@ def test_retrain_decoder_keeps_the_recorded_objective_and_rejects_bad_input(tmp_
         retrain_decoder(torch.nn.Linear(2, 2), samples, 1, tmp_path / "cache")
     with pytest.raises(ValueError, match="non-empty list of Sample"):
         retrain_decoder(model, [], 1, tmp_path / "cache")
+
+
+def test_pseudo_label_scores_match_one_to_one():
+    a, b, c = box_mask(0, 0, 10, 10), box_mask(20, 20, 30, 30), box_mask(0, 20, 8, 30)
+    half = box_mask(0, 0, 10, 6)  # IoU 0.6 with a
+    # image 1: a found exactly, a found again (a duplicate: the object is already claimed), half of b's neighbour;
+    # image 2: nothing proposed for its one object
+    images = [([a, a.copy(), half, c], [a, b]), ([], [c])]
+    scores = pseudo_label_scores(images)
+    assert scores["pseudo_labels"] == 4 and scores["objects"] == 3
+    assert scores["precision@0.5"] == 1 / 4 and scores["recall@0.5"] == 1 / 3  # c is not a true object of image 1
+    assert match_count([half], [a], 0.5) == 1 and match_count([half], [a], 0.75) == 0
+    assert match_count([a, half], [a], 0.5) == 1  # one true object matches one pseudo-label
+    assert iou_matrix(np.stack([a, half]), np.stack([a]))[:, 0].tolist() == pytest.approx([1.0, 0.6])
+    empty = pseudo_label_scores([([], [a])])
+    assert empty["precision@0.75"] is None and empty["recall@0.75"] == 0.0
+    with pytest.raises(ValueError, match="threshold must be a number in"):
+        match_count([a], [a], 0.0)
+    with pytest.raises(ValueError, match="both must be of the image's size"):
+        match_count([a], [box_mask(0, 0, 2, 2, 16, 16)], 0.5)
+    with pytest.raises(ValueError, match=r"images\[0\] must be a \(pseudo-labels, true masks\) pair"):
+        pseudo_label_scores([(a,)])
+    with pytest.raises(ValueError, match="K x H x W bool"):
+        match_count([a.astype(np.uint8)], [a], 0.5)
+
+
+def test_run_retrain_keeps_the_weights_that_validate_best(tmp_path):
+    data = open_dataset("synthetic:3:64")
+    train, val = [data[0], data[1]], [data[2]]
+    model = build_sam("vit_small")
+    before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    result = run_retrain(model, train, 4, tmp_path / "cache", lr=3e-2, recipe="medsam", val_samples=val, val_every=2)
+    assert [s for s, _ in result.val_losses] == [0, 2, 4] and result.steps_done == 4
+    best_step, best_loss = min(result.val_losses, key=lambda t: t[1])
+    assert result.kept_step == best_step
+    after = model.mask_decoder.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    assert unchanged == (best_step == 0)
+    # the kept weights are the ones that scored: validating them again gives the recorded loss
+    again = run_retrain(model, train, 1, tmp_path / "cache", lr=1e-12, recipe="medsam", val_samples=val)
+    assert again.val_losses[0][1] == pytest.approx(best_loss, rel=1e-5)
+
+
+def test_run_retrain_budget_and_schedule_settings(tmp_path):
+    data = open_dataset("synthetic:2:64")
+    model = build_sam("vit_small")
+    capped = run_retrain(model, [data[0]], 50, tmp_path / "cache", max_seconds=1e-9)
+    assert capped.steps_done == 1 and capped.kept_step == 1 and capped.val_losses == []  # the budget stops it
+    full = run_retrain(model, list(data), 3, tmp_path / "cache", warmup_steps=2, min_lr_ratio=0.1, recipe="medsam")
+    assert full.steps_done == 3 and full.seconds > 0
+    for kwargs, said in (({"warmup_steps": -1}, "warmup_steps must be an int >= 0"),
+                         ({"min_lr_ratio": 0.0}, "min_lr_ratio must be a number > 0.0 and <= 1.0"),
+                         ({"max_seconds": 0}, "max_seconds must be a number > 0.0"),
+                         ({"val_every": 0}, "val_every must be an int >= 1"),
+                         ({"recipe": "nope"}, "unknown recipe 'nope'"),
+                         ({"val_samples": [3]}, "val_samples must be a list of Sample")):
+        with pytest.raises(ValueError, match=said):
+            run_retrain(model, [data[0]], 1, tmp_path / "cache", **kwargs)
+    with pytest.raises(ValueError, match="retrain_val_share must be a number in"):
+        SimulateSettings(rounds=1, images_per_round=1, retrain_val_share=1.0)

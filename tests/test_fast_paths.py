@@ -23,6 +23,8 @@ from samforge.models.image_encoder import (
     Block,
     RelPosAttention,
     attention_mode,
+    biased_sdpa_attention,
+    chunked_rel_pos_attention,
     folded_rel_pos_attention,
     set_attention_mode,
 )
@@ -81,6 +83,30 @@ def test_fast_attention_equals_reference(mode, hw):
         set_attention_mode(attn, mode)
         fast = attn(x)
     assert (fast - exact).abs().max().item() <= 1e-5 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 4 * 2 * 30 * 4, 2**30], ids=["one_query", "some_queries", "all"])
+def test_biased_sdpa_chunks_agree(chunk_bytes):
+    """"sdpa_bias" holds at most ``chunk_bytes`` of bias: one query, a few, or all at a time give the same result
+    as the official order (within float rounding), laid out so that merging the heads is a view."""
+    torch.manual_seed(3)
+    b, heads, hw, c = 3, 4, (5, 6), 8
+    q, k, v = (torch.randn(b, heads, hw[0] * hw[1], c) for _ in range(3))
+    rel_h, rel_w = torch.randn(2 * hw[0] - 1, c), torch.randn(2 * hw[1] - 1, c)
+    exact = chunked_rel_pos_attention(q, k, v, rel_h, rel_w, hw, 0.3, chunk=hw[0] * hw[1])
+    out = biased_sdpa_attention(q, k, v, rel_h, rel_w, hw, 0.3, chunk_bytes=chunk_bytes)
+    assert out.shape == exact.shape and (out - exact).abs().max().item() <= 1e-5
+    if chunk_bytes < 2**30:  # chunked: written straight into a B x N x heads x C buffer
+        assert out.transpose(1, 2).is_contiguous()
+    grads = []
+    for attend in (lambda *a: chunked_rel_pos_attention(*a, chunk=hw[0] * hw[1]),
+                   lambda *a: biased_sdpa_attention(*a, chunk_bytes=chunk_bytes)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, rel_h, rel_w)]
+        attend(*leaves, hw, 0.3).square().sum().backward()  # training through the chunks: the same gradients
+        grads.append([t.grad for t in leaves])
+    assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(*grads))
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        biased_sdpa_attention(q, k, v, rel_h, rel_w, hw, 0.3, chunk_bytes=0)
 
 
 def test_folded_checks_inputs():

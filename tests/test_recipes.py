@@ -56,8 +56,10 @@ def test_the_default_recipe_is_the_config_defaults_and_presets_are_unchanged():
     cfg = load_config()
     assert (cfg.prompts.recipe, cfg.prompts.box_prob, cfg.prompts.box_noise, cfg.prompts.box_max_noise,
             cfg.prompts.correction_rounds, cfg.prompts.mask_only_rounds) == ("default", 0.5, 0.1, 20.0, 2, 1)
-    quick = load_config("quickstart")  # a preset's own prompt keys still hold
-    assert (quick.prompts.correction_rounds, quick.prompts.mask_only_rounds, quick.prompts.box_prob) == (1, 0, 0.5)
+    quick = load_config("quickstart")  # a preset names its recipe
+    assert (quick.prompts.recipe, quick.prompts.correction_rounds, quick.prompts.loss_rounds) == ("sam_fast", 5, 2)
+    small = load_config("scratch_small")  # and a preset's own prompt keys still hold
+    assert (small.prompts.correction_rounds, small.prompts.mask_only_rounds, small.prompts.box_prob) == (1, 0, 0.5)
 
 
 def _old_initial_prompts(gts, cfg, rng, input_hw, image_index):
@@ -208,9 +210,9 @@ def test_a_sam_training_step_decodes_its_rounds_with_clicks_only_where_due(monke
     seen = []
     original = step_module._decode_once
 
-    def recording(model, embeddings, points, boxes, mask_input, multimask):
+    def recording(model, embeddings, points, boxes, mask_input, multimask, image_pe):
         seen.append((0 if points is None else points[0].shape[1], boxes is not None, mask_input is not None, multimask))
-        return original(model, embeddings, points, boxes, mask_input, multimask)
+        return original(model, embeddings, points, boxes, mask_input, multimask, image_pe)
 
     monkeypatch.setattr(step_module, "_decode_once", recording)
     cfg = settings("sam", box_prob=0.0)

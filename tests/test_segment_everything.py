@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 
 from samforge import build_sam2
 from samforge.cli.main import build_parser, main
-from samforge.cli.segment_everything import _check_flags
+from samforge.cli.folder_masks import check_generator_flags
 from samforge.data.readers import open_dataset
 from samforge.data.synthetic import make_scene
 from samforge.predict import amg_utils
@@ -397,7 +397,8 @@ def test_pred_iou_thresh_defaults_to_each_generators_own(tmp_path):
     parser = build_parser()
 
     def flags(*argv):
-        return _check_flags(parser.parse_args(["segment-everything", str(tmp_path), "--out", str(tmp_path), *argv]))
+        argv = ["segment-everything", str(tmp_path), "--out", str(tmp_path), *argv]
+        return check_generator_flags(parser.parse_args(argv))
 
     assert flags("--model", "vit_b")["pred_iou_thresh"] == 0.88 and "use_m2m" not in flags("--model", "vit_b")
     assert flags("--model", "sam2.1_hiera_s") == {**flags("--model", "vit_b"), "pred_iou_thresh": 0.8,

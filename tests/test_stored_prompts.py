@@ -131,9 +131,9 @@ def test_training_decodes_exactly_the_stored_prompts(tmp_path, monkeypatch):
     seen = []
     original = step_module._decode_once
 
-    def recording_decode(model, embeddings, points, boxes, mask_input, multimask):
+    def recording_decode(model, embeddings, points, boxes, mask_input, multimask, *shared):
         seen.append((None if points is None else [t.clone() for t in points], None if boxes is None else boxes.clone()))
-        return original(model, embeddings, points, boxes, mask_input, multimask)
+        return original(model, embeddings, points, boxes, mask_input, multimask, *shared)
 
     monkeypatch.setattr(step_module, "_decode_once", recording_decode)
     cfg = PromptConfig(source="stored", correction_rounds=0, mask_only_rounds=0)

@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_precision_arg(p)
     p.add_argument("--out", required=True, metavar="LABELS_DIR", help="folder for the labels and the export")
+    add_server_args(p)
+    p.add_argument("--export-only", action="store_true",
+                   help="write OUT/export from the saved labels and exit (no model, no server)")
+    p.set_defaults(run=run)
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The annotator's flags shared by ``samforge annotate`` and ``samforge engine annotate``."""
     p.add_argument("--labels", default=",".join(DEFAULT_LABELS),
                    help="comma-separated label names offered on the page (default: object)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -41,10 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow a non-loopback --host (anyone who reaches it can read images and edit labels)")
     p.add_argument("--cache-size", type=int, default=4, help="image embeddings kept in memory (default 4)")
     p.add_argument("--points-per-side", type=int, default=16,
-                   help="grid of the 'segment everything' button (default 16; SAM v1 models)")
-    p.add_argument("--export-only", action="store_true",
-                   help="write OUT/export from the saved labels and exit (no model, no server)")
-    p.set_defaults(run=run)
+                   help="grid of the 'segment everything' button (SAM v1 models) and of the data engine's "
+                   "proposals (default 16)")
+
+
+def check_server_args(args: argparse.Namespace) -> str | None:
+    """Check the flags of :func:`add_server_args` before the (slow) model load; returns the warning to print for a
+    non-loopback host (``samforge.serve.server.check_host``)."""
+    from samforge.serve.server import check_host
+
+    warning = check_host(args.host, args.allow_remote)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    if args.points_per_side < 1:
+        raise ValueError(f"--points-per-side must be >= 1, got {args.points_per_side}")
+    if args.cache_size < 1:
+        raise ValueError(f"--cache-size must be >= 1, got {args.cache_size}")
+    return warning
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from samforge.serve.app import create_app
         from samforge.serve.images import ImageFolder
-        from samforge.serve.server import allowed_hosts, check_host, serve
+        from samforge.serve.server import allowed_hosts, serve
         from samforge.serve.store import AnnotationStore, check_labels
     except ImportError as e:
         raise ValueError(f"samforge annotate needs FastAPI and uvicorn ({e}): pip install 'samforge[annotate]'") from e
@@ -65,11 +86,7 @@ def run(args: argparse.Namespace) -> int:
         result = store.export()
         print(f"exported {result['objects']} objects on {result['images']} images: wrote {result['folder']}")
         return 0
-    warning = check_host(args.host, args.allow_remote)  # before the (slow) model load
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    if args.points_per_side < 1:
-        raise ValueError(f"--points-per-side must be >= 1, got {args.points_per_side}")
+    warning = check_server_args(args)  # before the (slow) model load
     ImageFolder(args.images_dir)  # a bad folder fails before the model load too
     model = load_model(args)
     app = create_app(model, args.images_dir, args.out, labels, model_name=args.model_type or "checkpoint",

@@ -9,8 +9,15 @@
   records; written last, so a rerun skips images done) and ``annotations.json`` (COCO instances of the
   pseudo-labels, each with ``predicted_iou``, ``stability_score`` and ``score``), ``report.json`` (masks per image,
   score histograms: ``samforge.engine.auto_report``), ``overlays/<stem>.png`` of the first images, ``settings.json``.
+  Under ``torchrun --nproc_per_node N`` the images are shared out among N processes and rank 0 merges the same
+  files one process writes (``samforge.cli.folder_masks``).
+* ``samforge engine annotate IMAGES --out WORK --base TYPE:CKPT [--stage semi]`` and ``samforge engine retrain
+  WORK``: the human loop, the annotator on WORK's current model and the retrain into the next round
+  (:mod:`samforge.cli.engine_annotate`).
 * ``samforge engine simulate --data DATA --rounds R --images-per-round K --out WORK``: the whole loop with a
-  simulated annotator on data with ground truth (``samforge.engine.simulate``): ``rounds.json``, ``rounds.png``.
+  simulated annotator on data with ground truth (``samforge.engine.simulate``): ``rounds.json``, ``rounds.png``
+  (per round: clicks per object, objects finished by hand and from accepted proposals, seconds per part, and on the
+  held-out images the model's mIoU and the automatic stage's pseudo-label precision / recall against the truth).
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import argparse
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
+from samforge.cli import engine_annotate
 from samforge.cli.common import add_precision_arg, prepare_out_dir
-from samforge.cli.segment_everything import GENERATOR_FLAGS, _check_flags, _check_settings, _load_done, read_image
-from samforge.cli.segment_everything import overlay_image, scan_folder
+from samforge.cli.folder_masks import GENERATOR_FLAGS, check_generator_flags, check_settings, overlay_image
+from samforge.cli.folder_masks import plan_folder, read_image, scan_folder, segment_pending
 from samforge.data.readers import open_dataset
+from samforge.data.recipes import RECIPES
 from samforge.engine.auto_report import auto_report
 from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
 from samforge.engine.round_model import load_model_ref
@@ -32,10 +39,11 @@ from samforge.engine.rounds import ModelRef, current_round, list_rounds, pending
 from samforge.engine.simulate import SimulateSettings, simulate
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
-from samforge.predict.amg_outputs import coco_instances, records_to_json
+from samforge.predict.amg_outputs import coco_instances
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
 from samforge.utils.atomic import atomic_write_bytes, remove_stale_temporaries, save_png
+from samforge.utils.distributed import processes_from_env
 
 STRICT = {"pred_iou_thresh": PRED_IOU_THRESH, "stability_score_thresh": STABILITY_SCORE_THRESH}
 OVERLAY_SAMPLES = 4  # images drawn with their pseudo-labels in overlays/
@@ -50,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "model, labelled images, metrics; a half-written round is said with what it lacks.")
     status.add_argument("work", metavar="WORK", help="the engine's work folder")
     status.set_defaults(run=run_status)
+    engine_annotate.register(jobs)  # annotate, retrain: the human loop
 
     auto = jobs.add_parser("auto", help="fully automatic stage: pseudo-labels for the images not yet labelled",
                            description="The fully automatic stage: the current round's model of WORK (without "
@@ -77,9 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sim = jobs.add_parser("simulate", help="the whole loop with a simulated annotator, measured round by round",
                           description="The data engine on data with ground truth, a simulated person clicking (the "
-                          "NoC rule) and judging proposals, the mask decoder retrained between rounds. Writes "
-                          "WORK/rounds/<N>/ (model.pt, metrics.json), rounds.json and rounds.png; a rerun continues "
-                          "after the last complete round.")
+                          "NoC rule) and judging proposals, the mask decoder retrained between rounds. Each round "
+                          "(and the base, round 0) is measured on the held-out images: mIoU (box, centre point, "
+                          "after k clicks), NoC@85, and the automatic stage's pseudo-labels (strict filters) scored "
+                          "against the truth (precision and recall at IoU 0.5 and 0.75). Writes WORK/rounds/<N>/ "
+                          "(model.pt, metrics.json), rounds.json and rounds.png; a rerun continues after the last "
+                          "complete round.")
     sim.add_argument("--data", default="synthetic:64:256", help="dataset spec with ground-truth masks (see "
                      "samforge train --help; default synthetic:64:256)")
     sim.add_argument("--rounds", type=int, required=True, help="annotation rounds after the base model (>= 1)")
@@ -95,7 +107,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"first round of the semi-automatic stage (default {defaults.semi_from})")
     sim.add_argument("--retrain-steps", type=int, default=defaults.retrain_steps,
                      help=f"decoder fine-tuning steps between rounds (default {defaults.retrain_steps})")
-    sim.add_argument("--lr", type=float, default=defaults.lr, help=f"retrain learning rate (default {defaults.lr})")
+    sim.add_argument("--lr", type=float, default=defaults.lr,
+                     help=f"retrain peak learning rate (warm-up, cosine decay; default {defaults.lr})")
+    sim.add_argument("--retrain-recipe", default=defaults.retrain_recipe, choices=list(RECIPES),
+                     help=f"prompt recipe of the retrain (default {defaults.retrain_recipe}: correction clicks from "
+                     "the error region with the previous mask fed back, as the simulated person clicks)")
+    sim.add_argument("--retrain-val-share", type=float, default=defaults.retrain_val_share,
+                     help="share of the labelled images kept out of each retrain to validate it; the weights with "
+                     f"the lowest validation loss are kept (default {defaults.retrain_val_share}; 0: none)")
+    sim.add_argument("--retrain-val-every", type=int, default=defaults.retrain_val_every,
+                     help=f"retrain steps between validations (default {defaults.retrain_val_every})")
     sim.add_argument("--points-per-side", type=int, default=defaults.points_per_side,
                      help=f"grid of the automatic masks proposed (default {defaults.points_per_side})")
     sim.add_argument("--seed", type=int, default=0, help="seed of random weights and of the retrain draws")
@@ -106,7 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     settings = SimulateSettings(rounds=args.rounds, images_per_round=args.images_per_round, held_out=args.held_out,
                                 semi_from=args.semi_from, retrain_steps=args.retrain_steps, lr=args.lr,
-                                points_per_side=args.points_per_side, seed=args.seed)
+                                points_per_side=args.points_per_side, seed=args.seed,
+                                retrain_recipe=args.retrain_recipe, retrain_val_share=args.retrain_val_share,
+                                retrain_val_every=args.retrain_val_every)
     if args.model_type is None and args.checkpoint is None:
         raise ValueError("give the base model with --model-type and/or --checkpoint")
     work = prepare_out_dir(args.out)
@@ -166,53 +189,48 @@ def run_auto(args: argparse.Namespace) -> int:
     work = prepare_out_dir(args.out)
     ref, name, labelled = _model_of(args, work)
     sam2 = ref.model_type in SAM2_CONFIGS
-    kwargs = _check_flags(argparse.Namespace(**{**vars(args), "use_m2m": False,
-                                                "model_type": ref.model_type if sam2 else "vit_b"}))
+    kwargs = check_generator_flags(argparse.Namespace(**{**vars(args), "use_m2m": False,
+                                                         "model_type": ref.model_type if sam2 else "vit_b"}))
     todo = [p for p in images if p.name not in labelled]
     if not todo:
         raise ValueError(f"every image of {images_dir} is labelled in {work}'s current round: nothing to do")
     out = work / "auto" / name
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries([out, out / "masks"])
     settings = {"model": ref.to_json(), "seed": args.seed if ref.checkpoint is None else None,
                 "precision": args.precision, **kwargs}
-    _check_settings(out, settings)
 
-    found = {p: _load_done(out / "masks" / f"{p.stem}.json", p) for p in todo}  # (records, size, why)
-    skipped += [(p.name, why) for p, (_, size, why) in found.items() if size is None]
-    sizes = {p: size for p, (_, size, _) in found.items() if size is not None}
-    done = {p: records for p, (records, _, _) in found.items() if records is not None}
-    pending = [p for p in sizes if p not in done]
-    for p in pending:
-        if found[p][2]:
-            print(found[p][2])  # why an earlier run's file is redone
-    print(f"{len(images)} images in {images_dir}: {len(labelled & {p.name for p in images})} labelled, "
-          f"{len(done)} already done, {len(pending)} to segment with the {name} model")
-    if pending:
-        if ref.checkpoint is None:
+    def prepare() -> None:  # rank 0, before any rank writes
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries([out, out / "masks"])
+        check_settings(out, settings)
+
+    def make_generator() -> SamAutomaticMaskGenerator | SAM2AutomaticMaskGenerator:
+        if ref.checkpoint is None and procs.main:
             print(f"WARNING: no checkpoint: {ref.model_type} has RANDOM weights (seed {args.seed}); its pseudo-labels "
                   "show the pipeline working, not a trained model")
-        model = load_model_ref(ref, args.device, args.seed)
+        model = load_model_ref(ref, device, args.seed)
         make = SAM2AutomaticMaskGenerator if isinstance(model, SAM2Base) else SamAutomaticMaskGenerator
-        generator = make(model, output_mode="coco_rle", precision=args.precision, **kwargs)
-        for p in tqdm(pending, desc="engine auto", unit="image"):
-            try:
-                image, _ = read_image(p)
-            except ValueError as e:
-                skipped.append((p.name, f"unreadable image ({e})"))
-                continue
-            records = records_to_json(generator.generate(image))
-            atomic_write_bytes(out / "masks" / f"{p.stem}.json", json.dumps(records).encode())
-            done[p] = records
-    entries = [{"file_name": p.relative_to(images_dir).as_posix(), "height": sizes[p][0], "width": sizes[p][1],
-                "records": done[p]} for p in todo if p in done]
+        return make(model, output_mode="coco_rle", precision=args.precision, **kwargs)
+
+    with processes_from_env(args.device) as procs:
+        device = procs.device(args.device)
+        plan = plan_folder(todo, out / "masks", procs, prepare)
+        if procs.main:
+            print(f"{len(images)} images in {images_dir}: {len(labelled & {p.name for p in images})} labelled, "
+                  f"{len(plan.done)} already done, {len(plan.pending)} to segment with the {name} model"
+                  + (f", shared out among {procs.world_size} processes" if procs.distributed else ""))
+        segment_pending(plan, procs, make_generator, "engine auto")
+        if not procs.main:
+            return 0
+    skipped += plan.skipped
+    entries = [{"file_name": p.relative_to(images_dir).as_posix(), "height": plan.sizes[p][0],
+                "width": plan.sizes[p][1], "records": plan.done[p]} for p in plan.in_order()]
     coco = coco_instances(entries, category="object", info={"description": "samforge engine auto (pseudo-labels)",
                                                              "images_dir": str(images_dir), **settings})
     atomic_write_bytes(out / "annotations.json", json.dumps(coco).encode())
     atomic_write_bytes(out / "report.json", json.dumps(auto_report(coco), indent=2).encode())
     (out / "overlays").mkdir(exist_ok=True)
-    for p in [p for p in todo if p in done][:OVERLAY_SAMPLES]:
-        save_png(overlay_image(read_image(p)[0], done[p]), out / "overlays" / f"{p.stem}.png")
+    for p in plan.in_order()[:OVERLAY_SAMPLES]:
+        save_png(overlay_image(read_image(p)[0], plan.done[p]), out / "overlays" / f"{p.stem}.png")
     n = len(coco["annotations"])
     print(f"{len(entries)} images, {n} pseudo-labels ({n / max(len(entries), 1):.1f} per image): wrote "
           f"{out.resolve()} (annotations.json, report.json, masks/, overlays/ of {OVERLAY_SAMPLES} images)")

@@ -10,6 +10,7 @@ from samforge.cli import annotate
 from samforge.cli import evaluate, export, finetune, lora, predict, quickstart, segment_everything, synth, track, train
 from samforge.cli import engine, weights
 from samforge.cli.common import describe_os_error
+from samforge.utils.distributed import RankFailed
 
 SUBCOMMANDS = (predict, segment_everything, synth, train, finetune, lora, evaluate, quickstart, export, annotate, track,
                weights, engine)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, IndexError, RankFailed) as e:
         if debugging(args):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -12,6 +12,16 @@ A recipe is a preset of the prompt settings (``prompts.*`` of the training confi
 * ``box_points``: a box plus K=5 positive points inside the object (LoRA fine-tuning repositories).
 * ``seed000``: 1-2 positive points jittered by up to 2 px inside the object, a negative point outside it with
   probability 0.3, a box instead with probability 0.1; no further rounds.
+* ``sam_fast``: ``sam``'s prompts and kinds of rounds at 1.2x the ``default`` step cost instead of 3.2x (the
+  quickstart's recipe; benchmarks/README.md): 5 click rounds and 1 mask-only round at a random place among them;
+  the loss (and the gradient) on the first round and 2 more (the last, and one drawn at random), the other rounds
+  run without gradient only to place the next click; an object whose mask reaches IoU 0.9 leaves the later
+  rounds; at most 8 objects of a batch go on to the rounds after the first.
+
+Three keys make the rounds cheap without changing what a round is (all off in the other recipes):
+``loss_rounds`` (rounds after the first that carry a loss; the rounds' losses only reach the weights through
+their own decoder pass, since the previous logits are fed back detached, so leaving a round out of the loss is
+running it without gradient), ``stop_iou`` and ``round_objects``.
 
 The functions here sample what a recipe says; ``settings`` is any object with the ``prompts.*`` attributes
 (:class:`samforge.train.config.PromptConfig`).
@@ -42,6 +52,9 @@ class PromptSettings(Protocol):
     correction_rounds: int
     mask_only_rounds: int
     mask_only_random: bool
+    loss_rounds: int
+    stop_iou: float
+    round_objects: int
 
 
 DEFAULT: dict[str, Any] = {
@@ -58,6 +71,9 @@ DEFAULT: dict[str, Any] = {
     "correction_rounds": 2,  # rounds adding a click from the error region, previous logits as mask input
     "mask_only_rounds": 1,  # rounds with the previous logits and no new click
     "mask_only_random": False,  # one mask-only round at a random place among the click rounds, the rest at the end
+    "loss_rounds": -1,  # rounds after the first with a loss: the last + random others, the rest without grad; -1 all
+    "stop_iou": 0.0,  # an object whose mask reaches this IoU leaves the later rounds (0: never)
+    "round_objects": 0,  # at most this many objects (drawn at random) go on to the rounds after the first (0: all)
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -68,6 +84,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "box_points": {**DEFAULT, "box_prob": 1.0, "box_points": 5, "correction_rounds": 0, "mask_only_rounds": 0},
     "seed000": {**DEFAULT, "box_prob": 0.1, "min_points": 1, "max_points": 2, "point_jitter": 2.0,
                 "negative_prob": 0.3, "correction_rounds": 0, "mask_only_rounds": 0},
+    "sam_fast": {**DEFAULT, "correction_rounds": 5, "mask_only_rounds": 1, "mask_only_random": True,
+                 "loss_rounds": 2, "stop_iou": 0.9, "round_objects": 8},
 }
 BOX_JITTERS = ("gaussian", "outward")
 
@@ -153,3 +171,33 @@ def round_schedule(settings: PromptSettings, rng: np.random.Generator) -> list[b
         rounds.insert(int(rng.integers(1, len(rounds))), False)  # before one of the click rounds
         rest -= 1
     return rounds + [False] * rest
+
+
+def loss_rounds(settings: PromptSettings, rounds: list[bool], rng: np.random.Generator) -> list[bool]:
+    """Which of ``rounds`` (:func:`round_schedule`) carry a loss: all of them when ``settings.loss_rounds < 0``
+    (no draw from ``rng``); else the first, the last and ``loss_rounds - 1`` others drawn at random (without
+    replacement) among the rounds after the first."""
+    if settings.loss_rounds < 0 or settings.loss_rounds >= len(rounds) - 1:
+        return [True] * len(rounds)
+    chosen = [True] + [False] * (len(rounds) - 1)
+    if settings.loss_rounds > 0:
+        chosen[-1] = True
+        for r in rng.choice(np.arange(1, len(rounds) - 1), settings.loss_rounds - 1, replace=False):
+            chosen[int(r)] = True
+    return chosen
+
+
+def round_survivors(ious: np.ndarray, settings: PromptSettings, first_round: bool,
+                    rng: np.random.Generator) -> np.ndarray:
+    """The objects (indices into ``ious``, in order) that go on to the next round: those whose mask IoU is below
+    ``settings.stop_iou`` (all when it is 0); after the first round, at most ``settings.round_objects`` of them
+    (drawn at random, only when there are more; 0: all)."""
+    ious = np.asarray(ious, dtype=np.float64)
+    if ious.ndim != 1:
+        raise ValueError(f"ious: expected one IoU per object (1-D), got shape {ious.shape}")
+    keep = np.arange(len(ious))
+    if settings.stop_iou > 0:
+        keep = keep[ious < settings.stop_iou]
+    if first_round and 0 < settings.round_objects < len(keep):
+        keep = np.sort(rng.choice(keep, settings.round_objects, replace=False))
+    return keep

@@ -8,6 +8,7 @@ drive it.
 * :mod:`samforge.engine.round_model`: the model a round refers to (checkpoint, random weights, LoRA adapter);
 * :mod:`samforge.engine.auto_report`: masks per image and score histograms of the automatic stage.
 * :mod:`samforge.engine.retrain`: the decoder-only fine-tune between rounds (embedding cache, the trainer's step);
+* :mod:`samforge.engine.pseudo_label_quality`: the automatic stage's pseudo-labels scored against ground truth;
 * :mod:`samforge.engine.simulate`: the whole loop with a simulated person, measured round by round.
 """
 

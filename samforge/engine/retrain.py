@@ -1,24 +1,32 @@
 """The data engine's retrain between rounds: a short decoder-only fine-tune of a SAM (v1) model on the labels made
 so far, with the image embeddings kept in an :class:`~samforge.train.embedding_cache.EmbeddingCache` (the encoder is
 frozen, so each labelled image is encoded once over all rounds). The step is the trainer's own
-(:func:`samforge.train.step.training_losses`: simulated first prompt, correction clicks, SAM's loss)."""
+(:func:`samforge.train.step.training_losses`: simulated first prompt, correction clicks, SAM's loss); the prompts
+follow the recorded training config or a named recipe (``recipe="sam"``: the SAM paper's 8 correction clicks with the
+previous logits as mask input, as the NoC protocol and a person's clicks feed the model). The learning rate warms up
+linearly over ``warmup_steps`` (a fresh AdamW's first steps are its largest) and decays on a cosine to
+``min_lr_ratio * lr``."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import math
+import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from samforge.data.recipes import recipe_settings
 from samforge.data.sample import Sample
 from samforge.models.sam import Sam
 from samforge.train.batches import TrainingSamples, collate_samples
-from samforge.train.config import FinetuneConfig, LossConfig, PromptConfig
+from samforge.train.config import FinetuneConfig, LossConfig, OptimConfig, PromptConfig
 from samforge.train.embedding_cache import EmbeddingCache
 from samforge.train.finetune import apply_finetune
 from samforge.train.losses import SamLoss
+from samforge.train.optim import build_scheduler
 from samforge.train.step import training_losses
 
 MAX_OBJECTS = 16  # objects per image in one step (the trainer's data.max_objects default scale)
@@ -37,7 +45,42 @@ class _Labelled(torch.utils.data.Dataset):
         return self.samples[i]
 
 
-def retrain_decoder(
+@dataclass
+class RetrainResult:
+    """What a retrain did: the training loss of each step, the validation loss ``(steps done, loss)`` at the start
+    and every ``val_every`` steps (empty without validation images), the steps of the weights kept (``steps_done``
+    without validation; 0 when no validation beat the model as it came) and the wall-clock seconds."""
+
+    losses: list[float]
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    kept_step: int = 0
+    seconds: float = 0.0
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.losses)
+
+
+def retrain_decoder(model: Sam, samples: Sequence[Sample], steps: int, cache_dir: str | Path, *args: Any,
+                    **kwargs: Any) -> list[float]:
+    """Fine-tune ``model``'s mask decoder in place for ``steps`` AdamW steps on ``samples`` (images with their label
+    masks), ``batch_size`` images a step drawn with ``seed``; returns the loss of each step. The further arguments
+    are :func:`run_retrain`'s (``lr``, ``batch_size``, ``seed``, ``train_config``, then keyword-only settings). The
+    model is left in eval mode with every weight's ``requires_grad`` as decoder-only fine-tuning sets it.
+    ``train_config``: the config a samforge checkpoint records (its ``loss`` and ``prompts`` sections are used, so
+    the fine-tune keeps the objective the model was trained with; the defaults without it)."""
+    return run_retrain(model, samples, steps, cache_dir, *args, **kwargs).losses
+
+
+def _check_number(value: Any, name: str, low: float, high: float | None = None, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def run_retrain(
     model: Sam,
     samples: Sequence[Sample],
     steps: int,
@@ -46,36 +89,59 @@ def retrain_decoder(
     batch_size: int = 2,
     seed: int = 0,
     train_config: Mapping[str, Any] | None = None,
-) -> list[float]:
-    """Fine-tune ``model``'s mask decoder in place for ``steps`` AdamW steps on ``samples`` (images with their label
-    masks), ``batch_size`` images a step drawn with ``seed``; returns the loss of each step. The model is left in
-    eval mode with every weight's ``requires_grad`` as decoder-only fine-tuning sets it. ``train_config``: the
-    config a samforge checkpoint records (its ``loss`` and ``prompts`` sections are used, so the fine-tune keeps the
-    objective the model was trained with; the defaults without it)."""
+    *,
+    recipe: str | None = None,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 1.0,
+    max_seconds: float | None = None,
+    val_samples: Sequence[Sample] = (),
+    val_every: int = 50,
+) -> RetrainResult:
+    """:func:`retrain_decoder` with its whole account (:class:`RetrainResult`) and optional validation.
+
+    ``recipe``: a prompt recipe's name (:mod:`samforge.data.recipes`) whose prompt settings replace the recorded
+    ones (``"sam"``: clicks from the error region with the previous logits as mask input, as a person's corrections
+    reach the model). The learning rate rises linearly over ``warmup_steps`` and follows a cosine from ``lr`` down
+    to ``min_lr_ratio * lr`` at the last step (1.0: constant). ``max_seconds``: the retrain stops after the step
+    that passes this wall-clock budget (a cap; the schedule stays the one of ``steps``). ``val_samples``: labelled
+    images kept out of training; the loss on them (the same prompts each time, drawn from ``seed``) is measured at
+    the start and every ``val_every`` steps, and the model keeps the weights of the lowest one (the model as it came
+    when no step beat it): a retrain on a few images then never leaves a model worse on unseen ones than it took."""
     if not isinstance(model, Sam):
         raise TypeError(f"model must be a samforge Sam (SAM v1; SAM 2 retrain is not supported here), got "
                         f"{type(model).__name__}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    samples = list(samples)
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0),
+                             ("val_every", val_every, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    _check_number(lr, "lr", 0.0, low_open=True)
+    _check_number(min_lr_ratio, "min_lr_ratio", 0.0, 1.0, low_open=True)
+    if max_seconds is not None:
+        _check_number(max_seconds, "max_seconds", 0.0, low_open=True)
+    samples, val_samples = list(samples), list(val_samples)
     if not samples or not all(isinstance(s, Sample) for s in samples):
         raise ValueError(f"samples must be a non-empty list of Sample (labelled images), got {len(samples)} items")
+    if not all(isinstance(s, Sample) for s in val_samples):
+        raise ValueError("val_samples must be a list of Sample (labelled images kept out of training)")
+    start = time.perf_counter()
     apply_finetune(model, FinetuneConfig(mode="decoder", checkpoint_blocks="none"))
     cache = EmbeddingCache(cache_dir, model.image_encoder)
     data = TrainingSamples(_Labelled(samples), model.image_encoder.img_size, MAX_OBJECTS, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    loss_cfg, prompt_cfg = _objective(train_config)
+    loss_cfg, prompt_cfg = _objective(train_config, recipe)
     loss_fn = SamLoss(loss_cfg.focal, loss_cfg.dice, loss_cfg.iou)
+    schedule = build_scheduler(optimizer, steps, OptimConfig(lr=lr, warmup_steps=warmup_steps,
+                                                             min_lr_ratio=min_lr_ratio))
+    validate = _Validation(model, val_samples, prompt_cfg, loss_fn, loss_cfg.resolution, cache, seed)
     rng = np.random.default_rng(seed)
-    losses = []
+    result = RetrainResult([])
+    validate(0, result)
     model.train()
     try:
         for step in range(steps):
+            if max_seconds is not None and result.losses and time.perf_counter() - start > max_seconds:
+                break
             chosen = rng.choice(len(data), min(batch_size, len(data)), replace=False)
             batch = collate_samples([data[(int(i), step)] for i in chosen])
             if len(batch["masks"]) == 0:
@@ -85,15 +151,66 @@ def retrain_decoder(
             out.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            losses.append(float(out.detach()))
+            schedule.step()
+            result.losses.append(float(out.detach()))
+            if len(result.losses) % val_every == 0:
+                validate(len(result.losses), result)
     finally:
         model.eval()
-    if not losses:
+    if not result.losses:
         raise ValueError("no object of the labelled images survives resizing to the model's input: nothing trained")
-    return losses
+    if result.val_losses and result.val_losses[-1][0] != len(result.losses):
+        validate(len(result.losses), result)
+    result.kept_step = validate.restore_best() if validate.batches else len(result.losses)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
-def _objective(train_config: Mapping[str, Any] | None) -> tuple[LossConfig, PromptConfig]:
+class _Validation:
+    """The validation loss of a retrain on its held-out labelled images, and the decoder weights that scored best."""
+
+    def __init__(self, model: Sam, samples: list[Sample], prompts: PromptConfig, loss_fn: SamLoss, resolution: str,
+                 cache: EmbeddingCache, seed: int) -> None:
+        self.model, self.prompts, self.loss_fn, self.resolution, self.cache = model, prompts, loss_fn, resolution, cache
+        data = TrainingSamples(_Labelled(samples), model.image_encoder.img_size, MAX_OBJECTS, seed=seed)
+        self.batches = [b for b in (collate_samples([data[(i, 0)]]) for i in range(len(data))) if len(b["masks"])]
+        self.seed = seed
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def __call__(self, steps_done: int, result: RetrainResult) -> None:
+        if not self.batches:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():  # each image its own draws, the same at every validation: the same first prompts
+            loss = float(np.mean([float(training_losses(self.model, b, self.prompts, self.loss_fn,
+                                                        np.random.default_rng([self.seed, 1, i]), self.resolution,
+                                                        embed=self.cache)["loss"])
+                                  for i, b in enumerate(self.batches)]))
+        self.model.train(was_training)
+        result.val_losses.append((steps_done, loss))
+        if self.best is None or loss < self.best[0]:
+            weights = {k: v.detach().clone() for k, v in self.model.mask_decoder.state_dict().items()}
+            self.best = (loss, steps_done, weights)
+
+    def restore_best(self) -> int:
+        """Load the best-scoring decoder weights into the model; the steps they had."""
+        if self.best is None:
+            return 0
+        self.model.mask_decoder.load_state_dict(self.best[2])
+        return self.best[1]
+
+
+def _objective(train_config: Mapping[str, Any] | None, recipe: str | None = None) -> tuple[LossConfig, PromptConfig]:
+    """The loss and (simulated) prompt settings of a recorded training config, else the defaults; a named
+    ``recipe`` replaces the prompt settings."""
+    loss, prompts = _recorded_objective(train_config)
+    if recipe is not None:
+        prompts = PromptConfig(**{**recipe_settings(recipe), "recipe": recipe})
+    return loss, prompts
+
+
+def _recorded_objective(train_config: Mapping[str, Any] | None) -> tuple[LossConfig, PromptConfig]:
     """The loss and (simulated) prompt settings of a recorded training config, else the defaults."""
     if train_config is None:
         return LossConfig(), PromptConfig()

@@ -11,11 +11,15 @@ held-out images) and labels every object with the current model (round ``r - 1``
   (:func:`filter_proposals`) are judged (:func:`judge_proposals`); accepted ones are labels without a click, the
   objects no proposal matched are clicked.
 
-Then the mask decoder is fine-tuned on all labels so far (:func:`samforge.engine.retrain.retrain_decoder`) into
-``WORK/rounds/<r>/model.pt``, and the round's metrics (clicks per object, share of objects from accepted proposals,
-compute seconds per image, held-out mIoU) complete it (:mod:`samforge.engine.rounds`). Labels are kept per image in
-``WORK/labels/``; ``WORK/rounds.json`` and ``WORK/rounds.png`` sum the rounds up. A rerun continues after the last
-complete round (with the same settings, ``WORK/simulate.json``).
+Then the mask decoder is fine-tuned on the labels so far (:func:`samforge.engine.retrain.run_retrain`: the
+interactive ``retrain_recipe``, a share of the labelled images held out of training to keep the best weights) into
+``WORK/rounds/<r>/model.pt``, and the round's metrics complete it (:mod:`samforge.engine.rounds`): clicks per object,
+objects finished by hand, share of objects from accepted proposals, seconds of each part, and, measured on the
+held-out images (which are never labelled), the model's mIoU (box, centre point, after k clicks, NoC at 0.85) and the
+automatic stage's pseudo-labels (strict filters) scored against the truth (:mod:`samforge.engine.pseudo_label_quality`).
+Round 0 measures the base the same way. Labels are kept per image in ``WORK/labels/``; ``WORK/rounds.json`` and
+``WORK/rounds.png`` sum the rounds up. A rerun continues after the last complete round (with the same settings,
+``WORK/simulate.json``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import numpy as np
 import torch
 
 from samforge.data.sample import Sample
-from samforge.engine.proposals import filter_proposals
-from samforge.engine.retrain import retrain_decoder
+from samforge.data.recipes import recipe_settings
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals
+from samforge.engine.pseudo_label_quality import pseudo_label_scores
+from samforge.engine.retrain import run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
 from samforge.engine.simulated_annotator import TARGET_IOU, annotate_objects, judge_proposals
@@ -54,16 +60,21 @@ ROUND_CHECKPOINT = "model.pt"
 class SimulateSettings:
     """What a simulation run is: ``rounds`` rounds of ``images_per_round`` images, the last ``held_out`` images of
     the data kept for validation, the semi-automatic stage from round ``semi_from``, ``retrain_steps`` decoder
-    steps at ``lr`` between rounds, automatic masks from a ``points_per_side`` grid."""
+    steps at ``lr`` (warm-up, cosine decay) between rounds with the prompt recipe ``retrain_recipe``, every
+    ``retrain_val_every`` steps validated on ``retrain_val_share`` of the labelled images (kept out of training),
+    automatic masks from a ``points_per_side`` grid."""
 
     rounds: int
     images_per_round: int
     held_out: int = 4
     semi_from: int = 2
-    retrain_steps: int = 20
+    retrain_steps: int = 80
     lr: float = 1e-4
     points_per_side: int = 16
     seed: int = 0
+    retrain_recipe: str = "sam"
+    retrain_val_share: float = 0.25
+    retrain_val_every: int = 20
 
     def __post_init__(self) -> None:
         for name, low in (("rounds", 1), ("images_per_round", 1), ("held_out", 1), ("semi_from", 1),
@@ -73,6 +84,13 @@ class SimulateSettings:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        recipe_settings(self.retrain_recipe)  # an unknown name lists the known recipes
+        share = self.retrain_val_share
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share < 1:
+            raise ValueError(f"retrain_val_share must be a number in [0, 1), got {share!r}")
+        if not isinstance(self.retrain_val_every, int) or isinstance(self.retrain_val_every, bool) \
+                or self.retrain_val_every < 1:
+            raise ValueError(f"retrain_val_every must be an int >= 1, got {self.retrain_val_every!r}")
 
 
 @dataclass(frozen=True)
@@ -196,12 +214,52 @@ def _labelled_samples(work: Path, data: Any, indices: Sequence[int]) -> list[Sam
     return out
 
 
-def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -> dict[str, float]:
+def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -> dict[str, Any]:
     """The model's mIoU on the held-out images (evaluation protocols ``box`` and ``center_point``, mean over
-    objects) and its NoC at 0.85."""
+    objects), its mIoU after k clicks of the NoC protocol (``heldout_miou_at_clicks``, keyed by k) and its NoC at
+    0.85."""
     metrics = evaluate_dataset(model, _Subset(data, indices), seed=seed, progress=False).to_metrics_dict()
     return {"heldout_miou_box": metrics["box"]["miou"], "heldout_miou_point": metrics["center_point"]["miou"],
+            "heldout_miou_at_clicks": metrics["interactive"]["miou_at_clicks"],
             "heldout_noc85": metrics["interactive"]["noc85"]}
+
+
+def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], points_per_side: int) -> dict[str, Any]:
+    """The automatic stage on images ``indices`` of ``data`` (a ``points_per_side`` grid, the strict filters:
+    predicted IoU >= 0.9, stability >= 0.95): its pseudo-labels, best predicted IoU first, scored against the true
+    masks (:func:`pseudo_label_scores`: precision and recall at IoU 0.5 and 0.75), with ``per_image`` the mean
+    number of pseudo-labels an image got."""
+    generator = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=PRED_IOU_THRESH,
+                                          stability_score_thresh=STABILITY_SCORE_THRESH)
+    pairs = []
+    for i in indices:
+        sample = data[i]
+        records = sorted(generator.generate(sample.image), key=lambda r: -r["predicted_iou"])
+        pairs.append(([np.asarray(r["segmentation"], dtype=bool) for r in records], list(sample.masks)))
+    scores = pseudo_label_scores(pairs)
+    return {**scores, "per_image": scores["pseudo_labels"] / max(len(pairs), 1)}
+
+
+def _measure(model: Sam, data: Any, held: Sequence[int], settings: "SimulateSettings") -> dict[str, Any]:
+    """A round's measurements on the held-out images: :func:`heldout_miou`, the automatic stage's quality (``auto``)
+    and the seconds each took."""
+    t0 = time.perf_counter()
+    metrics = heldout_miou(model, data, held, settings.seed)
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    metrics["auto"] = automatic_stage_quality(model, data, held, settings.points_per_side)
+    metrics["auto_seconds"] = round(time.perf_counter() - t0, 3)
+    return metrics
+
+
+def _split_labelled(samples: list[Sample], share: float) -> tuple[list[Sample], list[Sample]]:
+    """(training, validation) images of a retrain: every ``1 / share``-th labelled image validates (at least one
+    when there are two or more and ``share > 0``), the rest train."""
+    if share <= 0 or len(samples) < 2:
+        return samples, []
+    n_val = min(max(1, round(share * len(samples))), len(samples) - 1)
+    val_at = set(np.linspace(len(samples) - 1, 0, n_val).round().astype(int).tolist())
+    return ([s for i, s in enumerate(samples) if i not in val_at], [s for i, s in enumerate(samples) if i in val_at])
 
 
 def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: SimulateSettings,
@@ -221,11 +279,10 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         model = load_model_ref(base, device, settings.seed)
         if not isinstance(model, Sam):
             raise ValueError(f"engine simulate retrains SAM (v1) models; {base.model_type or base.checkpoint} is SAM 2")
-        t0 = time.perf_counter()
-        metrics = {"round": 0, "stage": "base", **heldout_miou(model, data, held, settings.seed)}
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        metrics = {"round": 0, "stage": "base", **_measure(model, data, held, settings)}
         finish_round(work, 0, metrics)
-        log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}")
+        log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
+            f"{metrics['heldout_noc85']:.2f}; {_auto_line(metrics['auto'])}")
     while (cur := current_round(work)).index < settings.rounds:
         r = cur.index + 1
         images = pool[: r * settings.images_per_round]
@@ -249,32 +306,41 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
             shown += labels.proposals_shown
             hand += labels.hand_finished
         annotate_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        losses = retrain_decoder(model, _labelled_samples(work, data, images), settings.retrain_steps,
-                                 work / "embedding_cache", lr=settings.lr, seed=settings.seed + r,
-                                 train_config=record.get("config"))
-        retrain_s = time.perf_counter() - t0
+        train, val = _split_labelled(_labelled_samples(work, data, images), settings.retrain_val_share)
+        result = run_retrain(model, train, settings.retrain_steps, work / "embedding_cache", lr=settings.lr,
+                             seed=settings.seed + r, train_config=record.get("config"),
+                             recipe=settings.retrain_recipe, warmup_steps=min(20, settings.retrain_steps // 10),
+                             min_lr_ratio=0.1, val_samples=val, val_every=settings.retrain_val_every)
         folder = work / "rounds" / str(r)
         save_training_checkpoint(folder / ROUND_CHECKPOINT, model=model.state_dict(), **record)
-        t0 = time.perf_counter()
         metrics = {
             "round": r, "stage": stage, "images": len(new), "objects": len(clicks),
             "clicks_per_object": float(np.mean(clicks)) if clicks else 0.0,
             "clicked_objects": sum(c > 0 for c in clicks), "hand_finished": hand,
             "accepted_proposals": accepted, "proposals_shown": shown,
             "accepted_share": accepted / len(clicks) if clicks else 0.0,
-            "seconds_per_image": round(annotate_s / len(new), 3), "retrain_seconds": round(retrain_s, 3),
-            "retrain_loss_first": losses[0], "retrain_loss_last": losses[-1],
-            **heldout_miou(model, data, held, settings.seed),
+            "seconds_per_image": round(annotate_s / len(new), 3), "annotate_seconds": round(annotate_s, 3),
+            "retrain_seconds": round(result.seconds, 3), "retrain_images": len(train), "retrain_val_images": len(val),
+            "retrain_steps_done": result.steps_done, "retrain_kept_step": result.kept_step,
+            "retrain_loss_first": result.losses[0], "retrain_loss_last": result.losses[-1],
+            "retrain_val_losses": [[s, v] for s, v in result.val_losses],
+            **_measure(model, data, held, settings),
         }
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
         finish_round(work, r, metrics)
-        log(f"round {r} ({stage}): {metrics['clicks_per_object']:.2f} clicks/object, "
-            f"{100 * metrics['accepted_share']:.0f}% from proposals, held-out mIoU box "
-            f"{metrics['heldout_miou_box']:.3f}")
+        log(f"round {r} ({stage}): {metrics['clicks_per_object']:.2f} clicks/object ({hand} of {len(clicks)} "
+            f"finished by hand), {100 * metrics['accepted_share']:.0f}% from proposals; retrain kept step "
+            f"{result.kept_step} of {result.steps_done}; held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
+            f"{metrics['heldout_noc85']:.2f}; {_auto_line(metrics['auto'])}")
     table = [r.metrics for r in list_rounds(work) if r.complete]
     write_summary(work, spec, settings, [data[i].name for i in held], table)
     return table
+
+
+def _auto_line(auto: dict) -> str:
+    """The automatic stage's quality in a line of the log."""
+    p = auto["precision@0.75"]
+    return (f"automatic stage: {auto['pseudo_labels']} pseudo-labels, precision@0.75 "
+            f"{'n/a' if p is None else f'{p:.2f}'}, recall@0.75 {auto['recall@0.75']:.2f}")
 
 
 def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: list[str], table: list[dict]) -> None:
@@ -284,21 +350,36 @@ def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = {"data": spec, "settings": settings.__dict__, "held_out": held_out, "rounds": table}
+    parts = ("annotate_seconds", "retrain_seconds", "eval_seconds", "auto_seconds")
+    seconds = {p: round(sum(m.get(p, 0.0) for m in table), 1) for p in parts}
+    summary = {"data": spec, "settings": settings.__dict__, "held_out": held_out,
+               "seconds": {**seconds, "total": round(sum(seconds.values()), 1)}, "rounds": table}
     atomic_write_bytes(work / "rounds.json", json.dumps(summary, indent=2).encode())
     done = [m for m in table if m["round"] >= 1]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     axes[0].plot([m["round"] for m in done], [m["clicks_per_object"] for m in done], "o-")
     axes[0].set(title="clicks per object", xlabel="round")
     axes[1].plot([m["round"] for m in done], [100 * m["accepted_share"] for m in done], "o-")
     axes[1].set(title="objects from accepted proposals (%)", xlabel="round")
     for key, label in (("heldout_miou_box", "box"), ("heldout_miou_point", "center point")):
         axes[2].plot([m["round"] for m in table], [m[key] for m in table], "o-", label=label)
+    after9 = [(m["round"], m["heldout_miou_at_clicks"]["9"]) for m in table if "heldout_miou_at_clicks" in m]
+    if after9:
+        axes[2].plot(*zip(*after9), "s--", label="after 9 clicks")
     axes[2].set(title="held-out mIoU", xlabel="round (0 = base)")
     axes[2].legend()
+    auto = [m for m in table if isinstance(m.get("auto"), dict)]
+    for key, style in (("precision@0.75", "o-"), ("recall@0.75", "s--"), ("precision@0.5", "o:"), ("recall@0.5", "s:")):
+        points = [(m["round"], m["auto"][key]) for m in auto if m["auto"].get(key) is not None]
+        if points:
+            axes[3].plot(*zip(*points), style, label=key)
+    axes[3].set(title="automatic stage (strict filters) vs truth", xlabel="round (0 = base)")
+    if axes[3].lines:
+        axes[3].legend(fontsize=8)
     axes[0].set_ylim(0, 20.5)
     axes[1].set_ylim(0, 100)
     axes[2].set_ylim(0, 1)
+    axes[3].set_ylim(0, 1.02)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

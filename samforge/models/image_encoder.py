@@ -11,8 +11,8 @@ that path and agree with it to float rounding:
   ``scaled_dot_product_attention`` call computes ``scale * q.k + rel_h[key row] + rel_w[key col]`` without
   materialising the ``N x N`` bias (the query gets its ``H + W`` rel-pos terms appended, the key the one-hot
   indicators of its row and column);
-- ``"sdpa_bias"``: the bias is materialised and passed to SDPA as ``attn_mask`` (fused softmax, but
-  ``heads x N x N`` bias memory: 805 MB per image for vit_b's global blocks in float32);
+- ``"sdpa_bias"``: the bias is materialised and passed to SDPA as ``attn_mask`` a chunk of queries at a time
+  (:func:`biased_sdpa_attention`: fused softmax, no widening, at most 16 MB of bias at once);
 - ``"chunked"``: the official unfused attention a chunk of queries at a time (:func:`chunked_rel_pos_attention`):
   no widening, the bias added in place by broadcasting, a chunk's scores held at once.
 
@@ -271,8 +271,7 @@ class RelPosAttention(nn.Module):
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         if self.mode == "sdpa_bias":
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            return biased_sdpa_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
         if self.mode == "chunked":
             return chunked_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
         return folded_rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, self.scale)
@@ -411,6 +410,42 @@ def folded_rel_pos_attention(
     va = F.pad(v, (0, width - c))
     out = F.scaled_dot_product_attention(qa, ka, va, scale=1.0)
     return out[..., :c]
+
+
+def biased_sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    hw: tuple[int, int],
+    scale: float,
+    chunk_bytes: int = 16 * 2**20,
+) -> torch.Tensor:
+    """``softmax(scale * q.k + rel_h + rel_w) @ v`` over an ``hw`` grid: ``scaled_dot_product_attention`` with the
+    decomposed rel-pos bias materialised as its ``attn_mask``, a chunk of queries at a time.
+
+    ``q``, ``k``, ``v`` are ``B x heads x N x C`` (``N = h * w``). A chunk's bias (``B x heads x chunk x N``) is at
+    most ``chunk_bytes``, so memory stays bounded (vit_b's global blocks: 805 MB for all 4096 queries in float32).
+    The result is returned as a ``B x heads x N x C`` view of a ``B x N x heads x C`` tensor, so merging the heads
+    afterwards (``transpose(1, 2).reshape``) needs no copy. Measured on an AVX2 CPU in float32 (2026-12-04): 0.6x
+    the time of "folded" (no widening: the GEMMs are the plain attention's) on vit_b's global and window blocks."""
+    if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    rel_h, rel_w = query_rel_pos_terms(q, k, v, rel_pos_h, rel_pos_w, hw)
+    b, heads, n, _ = q.shape
+    rel_h, rel_w = rel_h[..., :, None], rel_w[..., None, :]  # broadcast over key columns / key rows
+    rows = max(1, chunk_bytes // (b * heads * n * q.element_size()))
+    if rows >= n:
+        bias = (rel_h + rel_w).view(b, heads, n, n)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    out = q.new_empty(b, n, heads, v.shape[-1])
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        bias = (rel_h[:, :, start:stop] + rel_w[:, :, start:stop]).view(b, heads, stop - start, n)
+        chunk = F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=bias, scale=scale)
+        out[:, start:stop] = chunk.transpose(1, 2)
+    return out.transpose(1, 2)
 
 
 def chunked_rel_pos_attention(

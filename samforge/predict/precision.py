@@ -9,9 +9,11 @@ CUDA                                                  bf16        tensor cores
 x86 CPU with AVX512-BF16 or AMX                       bf16        native bf16 GEMM (2.5x fp32's rate)
 x86 CPU with AVX-512 but no BF16                      int8        int8 GEMM 2.6x fp32's (issue #25's EPYC);
                                                                   SAM 2 models: fp32 (int8 ~1.1x on Hiera)
-x86 CPU with AVX2 only                                fp32-fast   int8 GEMM only 1.0-1.5x fp32's: vit_b int8
-                                                                  1.6-2.1x the official fp32, fp32-fast 1.9-2.0x
-                                                                  (medians of 4 runs) at IoU 1.0
+x86 CPU with AVX2 only                                int8        vit_b int8 1.72-2.09x the official fp32,
+                                                                  fp32-fast 1.49-1.79x (3 runs, 2026-12-04),
+                                                                  int8 masks at mean IoU 0.975 with fp32's;
+                                                                  SAM 2 models: fp32-fast (int8 1.25x on Hiera
+                                                                  tiny, mean IoU 0.94)
 any other CPU (ARM, ...)                              fp32        exact; nothing faster is measured there
 ====================================================  ==========  ===========================================
 
@@ -45,7 +47,8 @@ def x86_vector_level() -> str | None:
 
 def auto_precision(device: torch.device | str, *, int8: bool = True) -> str:
     """The precision ``"auto"`` picks on ``device`` (see the module docstring's table); ``int8=False`` for models
-    where int8 is not worth it (SAM 2's Hiera: its time is mostly attention and layout, not linear layers)."""
+    where int8 is not worth it (SAM 2's Hiera: its time is mostly attention and layout, not linear layers, and its
+    int8 masks agree less)."""
     device = _as_device(device)
     if device.type == "cuda":
         return "bf16"
@@ -57,7 +60,7 @@ def auto_precision(device: torch.device | str, *, int8: bool = True) -> str:
     if level == "AVX512":
         return "int8" if int8 else "fp32"
     if level == "AVX2":
-        return "fp32-fast"
+        return "int8" if int8 else "fp32-fast"
     return "fp32"
 
 
@@ -75,7 +78,7 @@ def resolve_precision(precision: str, device: torch.device | str, *, auto_int8: 
                 f"precision='bf16': this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
                 "(AVX512-BF16 or AMX), where bf16 is emulated and 10-100x slower than fp32; running 'fp32-fast' "
                 "instead (it agrees with the exact path at least as well). precision='auto' picks the fastest measured "
-                "path for this CPU (int8 on AVX-512 CPUs).",
+                "path for this CPU (int8 for SAM on x86 CPUs without native bf16).",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -55,13 +55,14 @@ PRECISIONS = {
     "bf16": "the image encoder in bfloat16 end to end (weights cast per image) with fused attention; the "
     "embedding is kept in float32 and the (cheap) prompt decoder runs in float32 ('folded'), so outputs are float32. "
     "Fast on GPUs and on CPUs with AVX512-BF16/AMX; on a CPU without them it warns once and runs 'fp32-fast'",
-    "int8": "the image encoder's linear layers dynamically quantised to int8 (per-channel weights, per-tensor "
-    "activations; a copy of the encoder, the model is not changed), attention and the rest in float32 with fused "
-    "attention, prompts decoded 'folded' in float32; x86 CPUs only (AVX2 included). Masks agree with fp32's to a "
-    "mean IoU of about 0.97 (0.967-0.98 measured on random perturbed weights)",
+    "int8": "the image encoder's linear layers dynamically quantised to int8 (7-bit per-channel weights, 8-bit "
+    "per-tensor activations; the first two blocks' linears stay float32; a copy of the encoder, the model is not "
+    "changed), attention and the rest in float32 with fused attention, prompts decoded 'folded' in float32; x86 CPUs "
+    "only (AVX2 included). Masks agree with fp32's to a mean IoU of about 0.975 (vit_b, random perturbed weights; "
+    "see samforge.predict.quantize)",
     "auto": "picked from the device and the CPU: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, int8 on other "
-    "AVX-512 CPUs, fp32-fast on AVX2-only CPUs, fp32 elsewhere (see samforge.predict.precision, measured); the "
-    "predictor's ``precision`` says which",
+    "AVX-512 and AVX2 x86 CPUs (SAM 2: fp32 / fp32-fast there), fp32 elsewhere (see samforge.predict.precision, "
+    "measured); the predictor's ``precision`` says which",
 }
 
 
@@ -140,9 +141,12 @@ class SamPredictor:
     #: attention mode of the fast precisions ("folded", "sdpa_bias" or "chunked", see
     #: ``samforge.models.image_encoder``)
     fast_attention_mode = "folded"
-    #: attention mode of precision "int8" (float32 attention of the quantised encoder copy; "folded" measured
-    #: fastest in float32 on an AVX2 CPU: vit_b global attention 1.91 s against "chunked" 1.96 s, the official 2.95 s)
-    int8_attention_mode = "folded"
+    #: attention mode of precision "int8" (float32 attention of the quantised encoder copy): "sdpa_bias" (the bias
+    #: materialised 16 MB of queries at a time, no widening) measured 0.6-0.8x the time of "folded" in float32 on an
+    #: AVX2 CPU (2026-12-04, vit_b global block 1.9 s against 2.9 s, window blocks 0.21 s against 0.37 s)
+    int8_attention_mode = "sdpa_bias"
+    #: attention mode of precision "fp32-fast" on a CPU (float32: the same measurement as "int8")
+    fp32_cpu_attention_mode = "sdpa_bias"
     #: attention mode of precision "bf16" on a CPU: "chunked", the official unfused order without the widening,
     #: because the CPU flash kernel in bf16 at folded's width 192 took 51% of set_image (issue #25's AVX512-BF16
     #: profile) while the official unfused attention took less; not measured on a native-bf16 CPU here
@@ -215,6 +219,8 @@ class SamPredictor:
             mode = self.fast_attention_mode
             if self.precision == "bf16" and self.device.type == "cpu":
                 mode = self.bf16_cpu_attention_mode
+            elif self.precision == "fp32-fast" and self.device.type == "cpu":
+                mode = self.fp32_cpu_attention_mode
             with attention_mode(encoder, mode):
                 if self.precision == "bf16":
                     self.features = run_cast(encoder, torch.bfloat16, input_image.to(torch.bfloat16)).float()

@@ -1,11 +1,20 @@
 """int8 image encoders: a copy of an image encoder whose ``nn.Linear`` layers are dynamically quantised.
 
-Weights are int8 per output channel, activations are quantised per tensor at run time (``torch.ao``'s dynamic
-quantisation, fbgemm / x86 kernels); everything else (attention, norms, convolutions, positional terms) stays
-float32. Measured on an AMD EPYC with AVX2 only, 2 threads (2026-12-03): ``torch.ao`` dynamic int8 ``nn.Linear``
-125 GFLOP/s against fp32's 86, torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` 3 GFLOP/s in eager mode
-(it has no eager CPU int8 GEMM, only ``torch.compile`` lowers it), so ``torch.ao`` is used and torchao is not a
-dependency.
+Each linear layer becomes an :class:`Int8Linear`: weights int8 per output channel in 7 bits ([-64, 63]),
+activations quantised per tensor to 8 bits (uint8) at run time, by ``torch.ao``'s fbgemm / x86 kernels
+(``quantized::linear_dynamic``); everything else (attention, norms, convolutions, positional terms) stays float32.
+
+Why 7-bit weights and 8-bit activations: on AVX2 fbgemm multiplies uint8 activations by int8 weights with
+``vpmaddubsw``, which sums pairs of products into int16 and saturates past 32767. ``torch.ao``'s own dynamic
+``Linear`` avoids that by giving the activations 7 bits (``reduce_range=True``); the activations, one scale for a
+whole tensor, are the coarser side, so here the weights (one scale per channel) give up the bit instead: 255 * 64 * 2
+< 32768, no saturation, at the same speed. Measured (2026-12-04, AMD EPYC, AVX2 only, 2 threads, 4096x768 @
+768x3072): relative output error 0.014 against 0.023 on Gaussian inputs, 0.044 against 0.087 with an outlier token.
+
+Speed (same machine and date): int8 ``quantized::linear_dynamic`` 1.5-2x fp32's GEMM rate at vit_b's shapes, about
+1x on SAM 2 Hiera's first stage (K = 96: memory bound). torchao 0.18's ``Int8DynamicActivationInt8WeightConfig``
+ran at 3 GFLOP/s in eager mode (no eager CPU int8 GEMM, only ``torch.compile`` lowers it) and ``torch._int_mm`` at
+1 GFLOP/s on this CPU, so ``torch.ao``'s kernels are used and torchao is not a dependency.
 
 The copy never changes the user's model: it shares every float tensor with the original (no memory doubled, later
 changes to norms and positional terms are seen) and holds its own int8 linear weights, rebuilt when the original's
@@ -39,9 +48,39 @@ def _linear_fingerprint(module: nn.Module) -> tuple:
     return tuple(out)
 
 
-def quantize_linears(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with each ``nn.Linear`` dynamically quantised to int8 (per-channel weights, per-tensor
-    activations), sharing all other parameters and buffers with ``module``. ``module`` must be on the CPU."""
+WEIGHT_QMAX = 63  # weights in [-64, 63]: uint8 x int8 pair sums stay inside int16 (see the module docstring)
+
+
+class Int8Linear(nn.Module):
+    """A dynamically quantised ``nn.Linear``: int8 weights per output channel (7 bits), uint8 activations per tensor
+    (8 bits, scale and zero point from each input's range), float32 bias and output. Inference only."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach().float()
+        if weight.device.type != "cpu":
+            raise ValueError(f"int8 linear layers run on the CPU only, the weight is on {weight.device}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        scale = (weight.abs().amax(dim=1) / WEIGHT_QMAX).clamp_min(torch.finfo(torch.float32).tiny).double()
+        qweight = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Int8Linear expects inputs of last size {self.in_features}, got shape {tuple(x.shape)}")
+        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, reduce_range=False).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 w7/a8"
+
+
+def quantize_linears(module: nn.Module, *, keep_float: tuple[str, ...] = ()) -> nn.Module:
+    """A copy of ``module`` with each ``nn.Linear`` replaced by an :class:`Int8Linear`, sharing all other parameters
+    and buffers with ``module``. ``keep_float``: qualified names of linear layers left in float32 (e.g. the ones
+    quantisation hurts most). ``module`` must be on the CPU."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = [*module.parameters(), *module.buffers()]
@@ -49,21 +88,50 @@ def quantize_linears(module: nn.Module) -> nn.Module:
     if devices - {"cpu"}:
         raise ValueError(f"int8 quantisation runs on the CPU only; the module's tensors are on {sorted(devices)} "
                          "(use precision='bf16' on CUDA)")
-    if not any(isinstance(sub, nn.Linear) for sub in module.modules()):
+    linears = {name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)}
+    if not linears:
         raise ValueError(f"{type(module).__name__} has no nn.Linear layers to quantise")
+    unknown = sorted(set(keep_float) - linears)
+    if unknown:
+        raise ValueError(f"keep_float names linear layers of {type(module).__name__}; these are not: {unknown}")
     shared = copy.deepcopy(module, memo={id(t): t for t in tensors})  # new modules, the same tensors
     shared.eval()
     with warnings.catch_warnings():  # torch.ao's deprecation notices: the kernels are the fastest here (see above)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        for name in sorted(linears - set(keep_float)):
+            parent_name, _, child = name.rpartition(".")
+            parent = shared.get_submodule(parent_name)
+            setattr(parent, child, Int8Linear(getattr(parent, child)))
+    return shared
 
-        return quantize_dynamic(shared, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+FLOAT_BLOCKS = 2
+"""The first transformer blocks of an encoder keep float32 linear layers in :func:`int8_encoder`: an error made there
+passes through every later block. Measured on vit_b with perturbed random weights (2026-12-04, mean mask IoU against
+our fp32 over benchmarks/cpu_speed.py's 24 masks, one block's linears float at a time or one kind in every block):
+all int8 0.968; the first block float 0.971, the first two 0.975 (their linears are 1/6 of the FLOPs), the first
+three 0.978, the last three 0.970; every qkv float 0.970, every proj 0.969, every mlp.lin1 0.973, every mlp.lin2
+0.972. In SAM 2's Hiera the first two blocks read the stride-4 grid (K = 96), where int8 measured no faster than
+float32 anyway."""
+
+
+def float_linears(encoder: nn.Module, blocks: int = FLOAT_BLOCKS) -> tuple[str, ...]:
+    """Qualified names of the linear layers of ``encoder``'s first ``blocks`` transformer blocks (``blocks.i`` of
+    SAM's ViT, ``trunk.blocks.i`` of SAM 2's image encoder; none for other modules)."""
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+    if not isinstance(blocks, int) or blocks < 0:
+        raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+    prefixes = tuple(f"{root}.{i}." for root in ("blocks", "trunk.blocks") for i in range(blocks))
+    return tuple(name for name, sub in encoder.named_modules()
+                 if isinstance(sub, nn.Linear) and name.startswith(prefixes))
 
 
 def int8_encoder(encoder: nn.Module) -> nn.Module:
-    """The int8 copy of ``encoder`` (see the module docstring), built on first use and rebuilt when the encoder's
-    linear weights change. Thread-safe; shared by every predictor of the same model."""
+    """The int8 copy of ``encoder`` (see the module docstring; the linear layers of its first :data:`FLOAT_BLOCKS`
+    blocks stay float32), built on first use and rebuilt when the encoder's linear weights change. Thread-safe;
+    shared by every predictor of the same model."""
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
     key = _linear_fingerprint(encoder)
@@ -71,6 +139,6 @@ def int8_encoder(encoder: nn.Module) -> nn.Module:
         cached = _CACHE.get(encoder)
         if cached is not None and cached[0] == key:
             return cached[1]
-        quantized = quantize_linears(encoder)
+        quantized = quantize_linears(encoder, keep_float=float_linears(encoder))
         _CACHE[encoder] = (key, quantized)
         return quantized

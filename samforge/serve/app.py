@@ -24,6 +24,9 @@ POST     /api/export                        write LABELS_DIR/export (COCO JSON +
 GET      /labels/{path}                     a file inside LABELS_DIR (e.g. export/annotations.json)
 =======  =================================  ==========================================================
 
+With ``engine=`` (``samforge engine annotate``) also the data engine's endpoints: proposals to accept or reject,
+the retrain job and the model version (``samforge.serve.engine_routes``).
+
 Errors come back as JSON ``{"detail": "<what was expected, what was given>"}``: 404 for a name or file
 that is not served, 400 for a path that tries to leave its folder, 413 for a body over the size limit,
 422 for malformed JSON or a request that does not fit the image. Requests that change anything (POST, PUT,
@@ -55,6 +58,8 @@ from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.serve.embeddings import EmbeddingCache
+from samforge.serve.engine_routes import add_engine_routes
+from samforge.serve.engine_session import EngineSession
 from samforge.serve.guard import SameOriginGuard, new_token
 from samforge.serve.images import ImageFolder
 from samforge.serve.store import AnnotationStore, StoreError, mask_to_rle
@@ -159,11 +164,23 @@ class Annotator:
     def __init__(self, model: Sam | SAM2Base, folder: ImageFolder, store: AnnotationStore, model_name: str,
                  cache_size: int, everything: dict | None, precision: str = "fp32") -> None:
         self.model, self.folder, self.store, self.model_name = model, folder, store, model_name
+        self.precision = precision
         self.cache = EmbeddingCache(model, folder.read, capacity=cache_size, precision=precision)
         self.everything = everything  # generator settings, or None when not available
         self._masks: OrderedDict[str, dict] = OrderedDict()
         self._masks_lock = threading.Lock()
         self._everything_lock = threading.Lock()
+
+    def swap_model(self, model: Sam | SAM2Base, model_name: str) -> None:
+        """Use ``model`` from the next request on (the data engine's hot swap after a retrain): a fresh embedding
+        cache, the old model's embeddings dropped. ``model`` must be of the same family (SAM or SAM 2)."""
+        if not isinstance(model, (Sam, SAM2Base)) or isinstance(model, SAM2Base) != isinstance(self.model, SAM2Base):
+            raise TypeError(f"the new model must be a {type(self.model).__name__} like the current one, got "
+                            f"{type(model).__name__}")
+        cache = EmbeddingCache(model, self.folder.read, capacity=self.cache.capacity, precision=self.precision)
+        old = self.cache
+        self.model, self.model_name, self.cache = model, model_name, cache
+        old.close(wait=False)
 
     def remember(self, name: str, mask: np.ndarray, score: float, source: str, prompts: Any) -> dict:
         """Keep a proposed mask for a later accept; returns its public description."""
@@ -200,6 +217,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     allowed_hosts: list[str] | None = None,
     precision: str = "fp32",
+    engine: EngineSession | None = None,
 ) -> FastAPI:
     """The annotator app for the images of ``images_dir``, saving to ``labels_dir``.
 
@@ -208,6 +226,8 @@ def create_app(
     "segment everything" button (default ``DEFAULT_EVERYTHING``; SAM v1 models only). ``max_body_bytes``:
     the largest request body. ``allowed_hosts``: Host headers accepted (None: any), against DNS rebinding.
     ``precision``: of the image encoder, for clicks and "segment everything" (see ``SamPredictor``).
+    ``engine``: the data engine's session (``samforge engine annotate``): its round's model is ``model``; adds the
+    endpoints of ``samforge.serve.engine_routes`` (proposals, retrain, hot swap).
     """
     if not isinstance(model, (Sam, SAM2Base)):
         raise TypeError(f"model must be a samforge Sam or SAM2Base, got {type(model).__name__}")
@@ -225,6 +245,10 @@ def create_app(
     store = AnnotationStore(labels_dir, folder, list(labels))
     settings = {**DEFAULT_EVERYTHING, "precision": precision, **(everything or {})} if isinstance(model, Sam) else None
     state = Annotator(model, folder, store, model_name or type(model).__name__, cache_size, settings, precision)
+    if engine is not None:
+        if not isinstance(engine, EngineSession):
+            raise TypeError(f"engine must be an EngineSession or None, got {type(engine).__name__}")
+        engine.attach(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -283,7 +307,8 @@ def create_app(
     def config() -> dict:
         return {"labels": store.labels, "model": state.model_name, "images": len(folder),
                 "images_dir": str(folder.root), "labels_dir": str(store.root), "max_points": MAX_POINTS,
-                "everything": state.everything is not None}
+                "everything": state.everything is not None,
+                "engine": None if engine is None else engine.describe()}
 
     @app.get("/api/images")
     def images() -> dict:
@@ -356,7 +381,7 @@ def create_app(
             raise HTTPException(400, "segment everything needs a SAM v1 model (vit_h, vit_l, vit_b, vit_small)")
         start = time.perf_counter()
         with state._everything_lock:  # one at a time: it keeps the CPU busy
-            generator = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **state.everything)
+            generator = SamAutomaticMaskGenerator(state.model, output_mode="binary_mask", **state.everything)
             records = generator.generate(folder.read(name))
         records.sort(key=lambda r: -float(r["predicted_iou"]))
         proposals = [state.remember(name, np.asarray(r["segmentation"], dtype=bool), float(r["predicted_iou"]),
@@ -412,5 +437,8 @@ def create_app(
         result = store_call(store.export)
         result["url"] = "/labels/export/annotations.json"
         return result
+
+    if engine is not None:
+        add_engine_routes(app, engine, entry, store_call)
 
     return app

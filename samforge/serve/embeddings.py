@@ -112,6 +112,6 @@ class EmbeddingCache:
 
         return self._prefetcher.submit(work)
 
-    def close(self) -> None:
-        """Stop the background thread (waiting for a prefetch under way)."""
-        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the background thread (waiting for a prefetch under way, unless ``wait`` is False)."""
+        self._prefetcher.shutdown(wait=wait, cancel_futures=True)

@@ -38,7 +38,7 @@ from samforge.utils.atomic import atomic_path, atomic_write_bytes, remove_stale_
 
 FORMAT_VERSION = 1
 MAX_UNDO = 100
-SOURCES = ("click", "box", "everything", "api")
+SOURCES = ("click", "box", "everything", "proposal", "api")  # proposal: the data engine's semi stage
 
 
 class StoreError(ValueError):

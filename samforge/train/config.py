@@ -47,8 +47,9 @@ class PromptConfig:
     # simulated: the first prompt is simulated from each mask (below); stored: it is the prompt stored with the data
     # (annotations/<image>.json or dataset_info.json, see samforge.data.stored_prompts); SAM (v1) training
     source: str = "simulated"
-    # a named preset of the settings below (samforge.data.recipes): default | sam | medsam | box_points | seed000;
-    # applied where it is named (the config file or the command line), that layer's own prompts.* keys override it
+    # a named preset of the settings below (samforge.data.recipes): default | sam | sam_fast | medsam | box_points |
+    # seed000; applied where it is named (the config file or the command line), that layer's own prompts.* keys
+    # override it
     recipe: str = "default"
     box_prob: float = 0.5  # first prompt is a box with this probability, else points
     box_noise: float = 0.1  # std of box edge noise, fraction of the side
@@ -63,6 +64,12 @@ class PromptConfig:
     correction_rounds: int = 2  # rounds adding a click from the error region + previous logits as mask input
     mask_only_rounds: int = 1  # rounds with previous logits and no new click
     mask_only_random: bool = False  # one mask-only round at a random place among the click rounds (SAM paper)
+    # cheap rounds (samforge.data.recipes): rounds after the first with a loss (the last + random others; the rest run
+    # without gradient, to place the next click; -1: all), the IoU at which an object leaves the later rounds (0:
+    # never), and at most this many objects going on to the rounds after the first (0: all)
+    loss_rounds: int = -1
+    stop_iou: float = 0.0
+    round_objects: int = 0
 
 
 @dataclass
@@ -270,6 +277,9 @@ RANGES = {
     "prompts.box_outward_max": (0, None, True),
     "prompts.box_points": (0, None, True),
     "prompts.point_jitter": (0, None, True),
+    "prompts.loss_rounds": (-1, None, True),  # -1 = every round
+    "prompts.stop_iou": (0, 1, True),  # 0 = never
+    "prompts.round_objects": (0, None, True),  # 0 = all
 }
 
 

@@ -3,6 +3,7 @@ several interactive rounds (first prompt, correction clicks, mask-only), and sum
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samforge.data.prompts import correction_click, pack_stored_prompts
-from samforge.data.recipes import first_prompts, round_schedule
+from samforge.data.recipes import first_prompts, loss_rounds, round_schedule, round_survivors
 from samforge.models.sam import Sam
 from samforge.train.config import PromptConfig
 from samforge.train.losses import SamLoss
@@ -24,12 +25,16 @@ def decode(
     boxes: torch.Tensor | None,
     mask_input: torch.Tensor | None,
     multimask: bool,
+    image_pe: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode N prompt sets against N per-object image embeddings: low-res logits N x M x h x w, IoU N x M.
     A row of NaN in ``boxes`` means that object has no box (stored prompts may mix): the objects with a box and
-    those without are decoded apart and put back in order."""
+    those without are decoded apart and put back in order. ``image_pe``: the image positional encoding
+    (``model.prompt_encoder.get_dense_pe()``, computed here when None), to share it across rounds."""
+    if image_pe is None:
+        image_pe = model.prompt_encoder.get_dense_pe()
     if boxes is None or not torch.isnan(boxes).any():
-        return _decode_once(model, embeddings, points, boxes, mask_input, multimask)
+        return _decode_once(model, embeddings, points, boxes, mask_input, multimask, image_pe)
     has_box = ~torch.isnan(boxes).any(1)
     low_res = iou = None
     for rows in (has_box.nonzero()[:, 0], (~has_box).nonzero()[:, 0]):
@@ -37,7 +42,7 @@ def decode(
             continue
         part = _decode_once(model, embeddings[rows], None if points is None else (points[0][rows], points[1][rows]),
                             boxes[rows] if bool(has_box[rows[0]]) else None,
-                            None if mask_input is None else mask_input[rows], multimask)
+                            None if mask_input is None else mask_input[rows], multimask, image_pe)
         if low_res is None:
             low_res = part[0].new_empty((len(boxes), *part[0].shape[1:]))
             iou = part[1].new_empty((len(boxes), *part[1].shape[1:]))
@@ -47,11 +52,11 @@ def decode(
 
 def _decode_once(model: Sam, embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
                  boxes: torch.Tensor | None, mask_input: torch.Tensor | None, multimask: bool,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
     return model.mask_decoder(
         image_embeddings=embeddings,
-        image_pe=model.prompt_encoder.get_dense_pe(),
+        image_pe=image_pe.expand(len(sparse), -1, -1, -1),  # a view: one encoding shared by all objects, not copied
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
@@ -82,11 +87,18 @@ def training_losses(
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward pass and losses of one micro-batch (call under autocast for bf16). ``loss`` is the mean over
-    rounds; the other entries are detached statistics of the last round. ``embed``: images -> embeddings
-    in place of the model's image encoder (e.g. an ``EmbeddingCache`` when the encoder is frozen).
+    the rounds that carry a loss (all, unless ``cfg.loss_rounds`` says fewer); the other entries are detached
+    statistics of the last round decoded, but ``miou_last_round``: the mean over objects of each one's IoU in the
+    last round it took part in. ``embed``: images -> embeddings in place of the model's image encoder (e.g. an
+    ``EmbeddingCache`` when the encoder is frozen).
 
     ``loss_resolution``: ``input`` compares logits upsampled to the input size with the masks (as SAM);
-    ``low_res`` compares the low-res logits with area-downsampled (soft) masks, ~15x cheaper per round."""
+    ``low_res`` compares the low-res logits with area-downsampled (soft) masks, ~15x cheaper per round.
+
+    The rounds share what does not depend on the prompts (the image embedding of each object, computed once per
+    image, and the image positional encoding) and decode all the objects of the batch in one decoder call. Rounds
+    without a loss run without gradient; objects whose IoU reaches ``cfg.stop_iou`` leave the later rounds, and at
+    most ``cfg.round_objects`` objects go on after the first (:mod:`samforge.data.recipes`)."""
     device = model.device
     images = batch["images"].to(device, non_blocking=True)
     gts = batch["masks"].to(device)
@@ -96,6 +108,7 @@ def training_losses(
     size = images.shape[-1]
     encoder = model.image_encoder if embed is None else embed
     embeddings = encoder(images)[image_index.to(device)]  # one encoder pass per image
+    image_pe = model.prompt_encoder.get_dense_pe()  # the same for every round and object
     low_res_size = model.prompt_encoder.mask_input_size
     targets = batch["targets"].to(device).float() if "targets" in batch else gts.float()  # soft targets stay soft
     if loss_resolution == "low_res":
@@ -107,6 +120,9 @@ def training_losses(
     mask_input = None
     pred_np: np.ndarray | None = None  # this round's masks, for the next round's correction clicks
     rounds = round_schedule(cfg, rng)  # add a click?
+    with_loss = loss_rounds(cfg, rounds, rng)  # back-propagate this round?
+    ids = torch.arange(len(gts), device=device)  # the objects still in the rounds (all, until some leave)
+    last_iou = torch.zeros(len(gts), device=device)
     losses = []
     for r, new_click in enumerate(rounds):
         if r > 0 and new_click:
@@ -121,20 +137,35 @@ def training_losses(
                       torch.as_tensor(labels, dtype=torch.int, device=device))
         box_t = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float, device=device)
         multimask = r == 0 and boxes is None and coords.shape[1] == 1  # an ambiguous single click
-        low_res, iou_pred = decode(model, embeddings, points, box_t, mask_input, multimask)
-        logits = low_res.float()
-        if loss_resolution == "input":
-            logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
-        out = loss_fn(logits, iou_pred, targets)
-        losses.append(out["loss"])
+        with contextlib.nullcontext() if with_loss[r] else torch.no_grad():
+            low_res, iou_pred = decode(model, embeddings, points, box_t, mask_input, multimask, image_pe=image_pe)
+            logits = low_res.float()
+            if loss_resolution == "input":
+                logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
+            out = loss_fn(logits, iou_pred, targets)
+        if with_loss[r]:
+            losses.append(out["loss"])
+        last_iou[ids] = out["true_iou"].detach()
         chosen = out["best"]
         rows = torch.arange(len(chosen), device=chosen.device)
         mask_input = low_res[rows, chosen][:, None].detach().float()
-        if r + 1 < len(rounds) and rounds[r + 1]:  # the next round clicks on this round's errors
+        if r + 1 == len(rounds):
+            break
+        keep = round_survivors(out["true_iou"].detach().cpu().numpy(), cfg, r == 0, rng)
+        if len(keep) == 0:
+            break
+        if len(keep) < len(ids):  # objects leave: the later rounds decode the others only
+            rows_t = torch.as_tensor(keep, device=device)
+            ids, embeddings, targets, mask_input = ids[rows_t], embeddings[rows_t], targets[rows_t], mask_input[rows_t]
+            gts_np = gts_np[keep]
+            coords = None if coords is None else coords[keep]
+            labels = None if labels is None else labels[keep]
+            boxes = None if boxes is None else boxes[keep]
+        if rounds[r + 1]:  # the next round clicks on this round's errors
             full = F.interpolate(mask_input, (size, size), mode="bilinear", align_corners=False)
             pred_np = (full[:, 0] > 0).cpu().numpy()
     stats = {k: v for k, v in out.items() if k not in ("loss", "best", "true_iou")}
-    stats["miou_last_round"] = out["true_iou"].mean()
+    stats["miou_last_round"] = last_iou.mean()
     return {"loss": torch.stack(losses).mean(), **stats}
 
 

@@ -12,6 +12,7 @@ const S = {
   points: [], box: null, history: [],        // prompts, and the order they were added (for undo)
   mask: null, seq: 0,                        // current mask {id, rle, canvas, score, area}
   objects: [], proposals: [], selected: null, label: 0, drag: null,
+  engine: null,                              // the data engine: {round, stage} (samforge engine annotate)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -196,15 +197,17 @@ function renderProposals() {
   ul.replaceChildren();
   $("proposals-box").hidden = S.proposals.length === 0;
   $("proposal-count").textContent = `(${S.proposals.length})`;
-  S.proposals.forEach((p) => {
+  S.proposals.forEach((p, i) => {
     const li = document.createElement("li");
+    if (i === 0) li.className = "current";
+    li.dataset.id = p.pid || p.mask_id;
     const info = document.createElement("span");
     info.textContent = `${p.area}px, iou ${p.score.toFixed(2)}`;
     info.style.flex = "1";
     const ok = document.createElement("button"); ok.textContent = "✓"; ok.title = "accept with the current label";
     ok.onclick = () => acceptProposal(p);
     const no = document.createElement("button"); no.textContent = "✗"; no.title = "reject";
-    no.onclick = () => { S.proposals = S.proposals.filter((q) => q !== p); renderProposals(); redraw(); };
+    no.onclick = () => rejectProposal(p);
     li.onmouseenter = () => { p.canvas = p.strong; redraw(); };
     li.onmouseleave = () => { p.canvas = p.faint; redraw(); };
     li.append(info, ok, no);
@@ -233,6 +236,7 @@ async function openImage(i) {
   S.index = i; S.name = S.images[i].name;
   S.points = []; S.box = null; S.history = []; S.mask = null; S.proposals = []; S.selected = null;
   document.body.dataset.embedState = "computing"; document.body.dataset.maskState = "none";
+  document.body.dataset.proposalState = "none";
   history.replaceState(null, "", `#${enc(S.name)}`);
   $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
   renderImageList(); renderProposals();
@@ -252,7 +256,29 @@ async function openImage(i) {
     if (name !== S.name) return;
     document.body.dataset.embedState = "ready";
     setStatus(`ready${r.embedding_seconds ? ` (embedding ${r.embedding_seconds.toFixed(1)} s)` : ""}: click an object`);
-  } catch (e) { setStatus(`embedding failed: ${e.message}`); }
+  } catch (e) { setStatus(`embedding failed: ${e.message}`); return; }
+  if (S.engine && S.engine.stage === "semi") loadProposals(name);
+}
+
+function proposalCanvases(p, i) {
+  const c = PALETTE[(i + 3) % PALETTE.length];
+  const faint = maskCanvas(p.mask, [...c, PROPOSAL_ALPHA]);
+  return { ...p, faint, strong: maskCanvas(p.mask, [...c, 200]), canvas: faint };
+}
+
+// the data engine's semi-automatic stage: the model's confident masks, to accept or reject
+async function loadProposals(name) {
+  document.body.dataset.proposalState = "computing";
+  setStatus("computing the model's proposals…");
+  try {
+    const r = await api("POST", `/api/images/${enc(name)}/proposals`, {});
+    if (name !== S.name) return;
+    S.proposals = r.proposals.map((p, i) => ({ ...proposalCanvases(p, i), pid: p.id }));
+    renderProposals(); redraw();
+    document.body.dataset.proposalState = "ready";
+    const took = r.cached ? "" : ` in ${r.seconds.toFixed(1)} s`;
+    setStatus(`${S.proposals.length} proposals${took}: y accept, x reject, Y accept all`);
+  } catch (e) { document.body.dataset.proposalState = "error"; setStatus(`proposals failed: ${e.message}`); }
 }
 
 async function predict() {
@@ -292,13 +318,28 @@ async function accept() {
   } catch (e) { setStatus(`accept failed: ${e.message}`); }
 }
 
+function dropProposal(p) { S.proposals = S.proposals.filter((q) => q !== p); renderProposals(); redraw(); }
+
 async function acceptProposal(p) {
   try {
-    const r = await api("POST", `/api/images/${enc(S.name)}/objects`, { label: currentLabel(), mask_id: p.mask_id });
+    const r = p.pid
+      ? await api("POST", `/api/images/${enc(S.name)}/proposals/${enc(p.pid)}/accept`, { label: currentLabel() })
+      : await api("POST", `/api/images/${enc(S.name)}/objects`, { label: currentLabel(), mask_id: p.mask_id });
     S.objects.push({ ...r.object, canvas: maskCanvas(r.object.segmentation, labelColor(r.object.label, 120)) });
-    S.proposals = S.proposals.filter((q) => q !== p);
-    renderObjects(); renderProposals(); redraw();
-  } catch (e) { setStatus(`accept failed: ${e.message}`); }
+    dropProposal(p); renderObjects();
+    document.body.dataset.objects = String(S.objects.length);
+    setStatus(`accepted the proposal as object #${r.object.id} (${r.object.label})`);
+  } catch (e) { if (p.pid) dropProposal(p); setStatus(`accept failed: ${e.message}`); }
+}
+
+async function rejectProposal(p) {
+  dropProposal(p);
+  if (!p.pid) return;
+  try {
+    await api("POST", `/api/images/${enc(S.name)}/proposals/${enc(p.pid)}/reject`, {});
+    setStatus("proposal rejected");
+  }
+  catch (e) { setStatus(`reject failed: ${e.message}`); }
 }
 
 async function undo() {
@@ -341,17 +382,74 @@ async function everything() {
   try {
     const r = await api("POST", `/api/images/${enc(name)}/everything`);
     if (name !== S.name) return;
-    S.proposals = r.proposals.map((p, i) => {
-      const c = PALETTE[(i + 3) % PALETTE.length];
-      const faint = maskCanvas(p.mask, [...c, PROPOSAL_ALPHA]);
-      return { ...p, faint, strong: maskCanvas(p.mask, [...c, 200]), canvas: faint };
-    });
+    S.proposals = r.proposals.map(proposalCanvases);
     renderProposals(); redraw();
     setStatus(`${S.proposals.length} proposals in ${r.seconds.toFixed(1)} s: accept (✓) or reject (✗) them`);
   } catch (e) { setStatus(`segment everything failed: ${e.message}`); }
 }
 
-async function acceptAll() { for (const p of [...S.proposals]) await acceptProposal(p); }
+async function acceptAll() {
+  if (!S.proposals.some((p) => p.pid)) { for (const p of [...S.proposals]) await acceptProposal(p); return; }
+  try {
+    const r = await api("POST", `/api/images/${enc(S.name)}/proposals/accept-all`, { label: currentLabel() });
+    for (const o of r.accepted) S.objects.push({ ...o, canvas: maskCanvas(o.segmentation, labelColor(o.label, 120)) });
+    S.proposals = []; renderObjects(); renderProposals(); redraw();
+    document.body.dataset.objects = String(S.objects.length);
+    const skipped = r.skipped.length ? ` (${r.skipped.length} overlapped an object)` : "";
+    setStatus(`accepted ${r.accepted.length} proposals${skipped}`);
+  } catch (e) { setStatus(`accept all failed: ${e.message}`); }
+}
+
+async function rejectAll() { for (const p of [...S.proposals]) await rejectProposal(p); }
+
+// ------------------------------------------------------------------------------- data engine: retrain
+function showEngine(engine, modelName) {
+  const changed = S.engine && S.engine.round !== engine.round;
+  S.engine = { ...S.engine, ...engine };
+  $("round").hidden = false; $("engine-box").hidden = false;
+  $("round").textContent = `round ${engine.round}`;
+  $("round-label").textContent = `(round ${engine.round}, ${S.engine.stage})`;
+  document.body.dataset.round = String(engine.round);
+  if (modelName) $("model").textContent = `${modelName} · ${S.config.images} images`;
+  if (changed && S.index >= 0) {            // a new model: new embeddings, new proposals
+    setStatus(`switched to round ${engine.round}'s model`);
+    clearPrompts(); openImage(S.index);
+  }
+}
+
+function showRetrain(st) {
+  document.body.dataset.retrainState = st.state;
+  $("retrain").disabled = st.state === "running";
+  $("retrain-progress").hidden = st.state !== "running";
+  $("retrain-progress").value = st.progress || 0;
+  $("retrain-message").textContent = st.state === "failed" ? `retrain failed: ${st.error}` : st.message;
+}
+
+async function pollEngine() {
+  try {
+    const e = await api("GET", "/api/engine");
+    showRetrain(e.retrain);
+    showEngine(e, e.model);
+    if (e.swap_error && e.swap_error !== S.swapError) { S.swapError = e.swap_error; setStatus(e.swap_error); }
+    return e;
+  } catch (err) { setStatus(`cannot reach the server: ${err.message}`); return null; }
+}
+
+async function retrain() {
+  try {
+    showRetrain(await api("POST", "/api/engine/retrain", {}));
+    setStatus("retraining the model on your labels…");
+  } catch (e) { setStatus(`retrain refused: ${e.message}`); return; }
+  let e;
+  do {
+    await new Promise((r) => setTimeout(r, 500));
+    e = await pollEngine();
+  } while (e && e.retrain.state === "running");
+  if (e && e.retrain.state === "failed") {
+    setStatus(`retrain failed, the model stays round ${e.round}: ${e.retrain.error}`);
+  }
+  else if (e) setStatus(`retrained: now round ${e.round}`);
+}
 
 async function exportAll() {
   try {
@@ -416,6 +514,9 @@ document.addEventListener("keydown", (e) => {
     if (S.points.length || S.box) clearPrompts(); else { S.proposals = []; renderProposals(); redraw(); }
   }
   else if (k === "d") toggleDone();
+  else if (k === "y" && S.proposals.length) acceptProposal(S.proposals[0]);
+  else if (k === "x" && S.proposals.length) rejectProposal(S.proposals[0]);
+  else if (k === "Y" && S.proposals.length) acceptAll();
   else if (k === "s") everything();
   else if (k === "e") exportAll();
   else if ((k === "Delete" || k === "Backspace") && S.selected !== null) deleteObject(S.selected);
@@ -432,7 +533,8 @@ $("done").onclick = toggleDone;
 $("everything").onclick = everything;
 $("export").onclick = exportAll;
 $("accept-all").onclick = acceptAll;
-$("reject-all").onclick = () => { S.proposals = []; renderProposals(); redraw(); };
+$("reject-all").onclick = rejectAll;
+$("retrain").onclick = retrain;
 window.addEventListener("resize", fitStage);
 
 async function start() {
@@ -442,6 +544,10 @@ async function start() {
   } catch (e) { setStatus(`cannot reach the server: ${e.message}`); return; }
   $("model").textContent = `${S.config.model} · ${S.config.images} images`;
   $("everything").disabled = !S.config.everything;
+  if (S.config.engine) {
+    showEngine(S.config.engine); showRetrain(S.config.engine.retrain);
+    setInterval(() => { if (document.body.dataset.retrainState !== "running") pollEngine(); }, 5000);
+  }
   renderLabels();
   const wanted = decodeURIComponent(location.hash.slice(1));
   let i = S.images.findIndex((im) => im.name === wanted);

@@ -72,7 +72,7 @@ class SimulateSettings:
     lr: float = 1e-4
     points_per_side: int = 16
     seed: int = 0
-    retrain_recipe: str = "sam"
+    retrain_recipe: str = "sam_fast"
     retrain_val_share: float = 0.25
     retrain_val_every: int = 20
 

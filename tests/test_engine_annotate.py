@@ -356,7 +356,8 @@ def test_split_and_settings_checks(tmp_path):
     assert len(val) == 2 and not set(train) & set(val)
     assert split_labelled(names, 0.2, 0, tmp_path) == (train, val)  # seeded
     for bad, said in (({"mode": "lora"}, "mode"), ({"steps": 0}, "steps"), ({"held_out": 1.0}, "held_out"),
-                      ({"lr": -1.0}, "lr"), ({"device": "gpu9"}, "device")):
+                      ({"lr": -1.0}, "lr"), ({"device": "gpu9"}, "device"),
+                      ({"recipe": "clicky"}, "known recipes: default, sam")):
         with pytest.raises(ValueError, match=said):
             RetrainSettings(**bad)
 

@@ -35,6 +35,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from samforge.data.sample import Sample
+from samforge.data.recipes import recipe_settings
 from samforge.data.split import make_split
 from samforge.engine.retrain import retrain_decoder
 from samforge.engine.round_model import load_model_ref
@@ -63,7 +64,9 @@ class RetrainSettings:
     """How a round is retrained: ``mode`` (``decoder``: the mask decoder, image embeddings cached), ``steps``
     AdamW steps at ``lr`` on ``batch_size`` images a step, ``held_out`` the share of the labelled images kept for
     validation (at least one once two images are labelled; none with one), ``seed`` for the split and the draws,
-    ``device`` where the model trains."""
+    ``device`` where the model trains, ``recipe`` the prompt recipe of the training clicks (``sam_fast``: correction
+    clicks from the error region with the previous mask fed back, as a person's clicks reach the model; the engine
+    simulation's retrain, benchmarks/README.md "Data engine")."""
 
     mode: str = "decoder"
     steps: int = 20  # as engine simulate's retrain_steps (vit_b: ~34 s a step on 2 busy AVX2 EPYC cores, 2026-12-04)
@@ -72,8 +75,10 @@ class RetrainSettings:
     held_out: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    recipe: str = "sam_fast"
 
     def __post_init__(self) -> None:
+        recipe_settings(self.recipe)  # an unknown name lists the known recipes
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (lora and full: export the labels and run samforge "
                              f"finetune), got {self.mode!r}")
@@ -225,7 +230,8 @@ def _retrain_locked(work: Path, samples: list[Sample], settings: RetrainSettings
             progress("training: step 0/%d (computing image embeddings)" % settings.steps, 0.1)
             losses = retrain_decoder(model=model, samples=train, steps=settings.steps,
                                      cache_dir=work / EMBEDDING_CACHE, lr=settings.lr, batch_size=settings.batch_size,
-                                     seed=settings.seed + new.index, train_config=record.get("config"))
+                                     seed=settings.seed + new.index, train_config=record.get("config"),
+                                     recipe=settings.recipe)
         finally:
             hook.remove()
         metrics.update(train_seconds=time.perf_counter() - t0, steps_done=len(losses), loss_first=losses[0],

@@ -387,6 +387,7 @@ ROUND_KEYS = {"round": int, "stage": str, "images": int, "objects": int, "clicks
               "seconds_per_image": float, "annotate_seconds": float, "retrain_seconds": float,
               "retrain_images": int, "retrain_val_images": int, "retrain_steps_done": int, "retrain_kept_step": int,
               "retrain_loss_first": float, "retrain_loss_last": float, "retrain_val_losses": list,
+              "retrain_mode": str, "retrain_trainable": int,
               "heldout_miou_box": float, "heldout_miou_point": float, "heldout_miou_at_clicks": dict,
               "heldout_noc85": float, "eval_seconds": float, "auto": dict, "auto_seconds": float}
 MEASURED = {"heldout_miou_box", "heldout_miou_point", "heldout_miou_at_clicks", "heldout_noc85", "eval_seconds", "auto",

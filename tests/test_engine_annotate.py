@@ -262,7 +262,7 @@ def test_failed_retrain_keeps_model_says_why_and_leaves_no_round(make_client, wo
     def broken(**kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(retrain_job, "retrain_decoder", broken)
+    monkeypatch.setattr(retrain_job, "run_retrain", broken)
     assert client.post("/api/engine/retrain", json={}).status_code == 202
     status = wait_retrain(client)
     assert status["state"] == "failed" and status["error"].startswith("out of memory")
@@ -355,8 +355,8 @@ def test_split_and_settings_checks(tmp_path):
     train, val = split_labelled(names, 0.2, 0, tmp_path)
     assert len(val) == 2 and not set(train) & set(val)
     assert split_labelled(names, 0.2, 0, tmp_path) == (train, val)  # seeded
-    for bad, said in (({"mode": "lora"}, "mode"), ({"steps": 0}, "steps"), ({"held_out": 1.0}, "held_out"),
-                      ({"lr": -1.0}, "lr"), ({"device": "gpu9"}, "device"),
+    for bad, said in (({"mode": "partial"}, "one of full, decoder, lora"), ({"steps": 0}, "steps"),
+                      ({"held_out": 1.0}, "held_out"), ({"lr": -1.0}, "lr"), ({"device": "gpu9"}, "device"),
                       ({"recipe": "clicky"}, "known recipes: default, sam")):
         with pytest.raises(ValueError, match=said):
             RetrainSettings(**bad)

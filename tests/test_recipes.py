@@ -58,8 +58,9 @@ def test_the_default_recipe_is_the_config_defaults_and_presets_are_unchanged():
             cfg.prompts.correction_rounds, cfg.prompts.mask_only_rounds) == ("default", 0.5, 0.1, 20.0, 2, 1)
     quick = load_config("quickstart")  # a preset names its recipe
     assert (quick.prompts.recipe, quick.prompts.correction_rounds, quick.prompts.loss_rounds) == ("sam_fast", 5, 2)
-    small = load_config("scratch_small")  # and a preset's own prompt keys still hold
-    assert (small.prompts.correction_rounds, small.prompts.mask_only_rounds, small.prompts.box_prob) == (1, 0, 0.5)
+    small = load_config("scratch_small", ["prompts.recipe=default", "prompts.correction_rounds=1"])
+    # a recipe named on the command line replaces the preset's, and the line's own keys still override it
+    assert (small.prompts.recipe, small.prompts.correction_rounds, small.prompts.mask_only_rounds) == ("default", 1, 1)
 
 
 def _old_initial_prompts(gts, cfg, rng, input_hw, image_index):

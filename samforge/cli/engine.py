@@ -34,6 +34,7 @@ from samforge.data.readers import open_dataset
 from samforge.data.recipes import RECIPES
 from samforge.engine.auto_report import auto_report
 from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
+from samforge.engine.retrain import RETRAIN_MODES
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, list_rounds, pending_round
 from samforge.engine.simulate import SimulateSettings, simulate
@@ -86,11 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sim = jobs.add_parser("simulate", help="the whole loop with a simulated annotator, measured round by round",
                           description="The data engine on data with ground truth, a simulated person clicking (the "
-                          "NoC rule) and judging proposals, the mask decoder retrained between rounds. Each round "
-                          "(and the base, round 0) is measured on the held-out images: mIoU (box, centre point, "
-                          "after k clicks), NoC@85, and the automatic stage's pseudo-labels (strict filters) scored "
-                          "against the truth (precision and recall at IoU 0.5 and 0.75). Writes WORK/rounds/<N>/ "
-                          "(model.pt, metrics.json), rounds.json and rounds.png; a rerun continues after the last "
+                          "NoC rule) and judging proposals, the model retrained between rounds (--retrain-mode). "
+                          "Each round (and the base, round 0) is measured on the held-out images: mIoU (box, centre "
+                          "point, after k clicks), NoC@85, and the automatic stage's pseudo-labels (strict filters) "
+                          "scored against the truth (precision and recall at IoU 0.5 and 0.75). Writes "
+                          "WORK/rounds/<N>/ (model.pt, metrics.json), rounds.json and rounds.png; a rerun continues after the last "
                           "complete round.")
     sim.add_argument("--data", default="synthetic:64:256", help="dataset spec with ground-truth masks (see "
                      "samforge train --help; default synthetic:64:256)")
@@ -106,7 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--semi-from", type=int, default=defaults.semi_from,
                      help=f"first round of the semi-automatic stage (default {defaults.semi_from})")
     sim.add_argument("--retrain-steps", type=int, default=defaults.retrain_steps,
-                     help=f"decoder fine-tuning steps between rounds (default {defaults.retrain_steps})")
+                     help=f"fine-tuning steps between rounds (default {defaults.retrain_steps})")
+    sim.add_argument("--retrain-mode", default=defaults.retrain_mode, choices=list(RETRAIN_MODES),
+                     help="what the retrain trains: decoder (the mask decoder, image embeddings cached), lora "
+                     "(adapters on the image encoder + the decoder, folded into the round's weights) or full (every "
+                     f"weight); lora and full run the image encoder every step (default {defaults.retrain_mode})")
     sim.add_argument("--lr", type=float, default=defaults.lr,
                      help=f"retrain peak learning rate (warm-up, cosine decay; default {defaults.lr})")
     sim.add_argument("--retrain-recipe", default=defaults.retrain_recipe, choices=list(RECIPES),
@@ -129,7 +134,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                                 semi_from=args.semi_from, retrain_steps=args.retrain_steps, lr=args.lr,
                                 points_per_side=args.points_per_side, seed=args.seed,
                                 retrain_recipe=args.retrain_recipe, retrain_val_share=args.retrain_val_share,
-                                retrain_val_every=args.retrain_val_every)
+                                retrain_val_every=args.retrain_val_every, retrain_mode=args.retrain_mode)
     if args.model_type is None and args.checkpoint is None:
         raise ValueError("give the base model with --model-type and/or --checkpoint")
     work = prepare_out_dir(args.out)

@@ -6,7 +6,7 @@
   person works. ``--stage semi`` opens each image with the model's confident masks as proposals to accept or reject
   (cached in ``WORK/proposals/``). The page's Retrain button fine-tunes the model on the labels into the next round
   and the annotator switches to it without a restart.
-* ``samforge engine retrain WORK [--mode decoder] [--steps N]``: the same retrain from the command line
+* ``samforge engine retrain WORK [--mode decoder|lora|full] [--steps N]``: the same retrain from the command line
   (:func:`samforge.engine.retrain_job.retrain_round`); a running annotator on WORK picks the new round up.
 """
 
@@ -51,7 +51,9 @@ def register(jobs: argparse._SubParsersAction) -> None:
                    help="assisted: click objects; semi: start from the model's confident proposals (default assisted)")
     add_server_args(p)
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
-                   help=f"decoder steps of a retrain started from the page (default {DEFAULTS.steps})")
+                   help=f"steps of a retrain started from the page (default {DEFAULTS.steps})")
+    p.add_argument("--retrain-mode", default=DEFAULTS.mode, choices=MODES,
+                   help=f"what a retrain started from the page trains, as retrain's --mode (default {DEFAULTS.mode})")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (a base without checkpoint)")
     add_precision_arg(p)
@@ -59,15 +61,20 @@ def register(jobs: argparse._SubParsersAction) -> None:
 
     r = jobs.add_parser("retrain", help="fine-tune WORK's current model on its labels into the next round",
                         description="Fine-tune the current model of WORK on every labelled image of "
-                        "WORK/annotations/ (decoder-only, image embeddings cached in WORK/embedding_cache), "
-                        "validate it on a held-out share of them, and write the next round WORK/rounds/<N+1>/ "
+                        "WORK/annotations/ (--mode: decoder-only with image embeddings cached in "
+                        "WORK/embedding_cache by default), keep the weights of the step with the lowest loss on a "
+                        "held-out share of them (seeded; at least one image once two are labelled) and measure the "
+                        "model before and after on it, and write the next round WORK/rounds/<N+1>/ "
                         "(model.pt, snapshot.json, metrics.json). A running `samforge engine annotate` "
                         "on WORK switches to it.")
     r.add_argument("work", metavar="WORK", help="the engine's work folder (made by samforge engine annotate)")
     r.add_argument("--images", default=None, metavar="IMAGES",
                    help=f"the images folder (default: the one WORK/{ENGINE_FILE} records)")
     r.add_argument("--mode", default=DEFAULTS.mode, choices=MODES,
-                   help="what trains: decoder (the mask decoder; the encoders frozen, embeddings cached)")
+                   help="what trains, as samforge finetune --mode: decoder (the mask decoder; the encoders frozen, "
+                   "embeddings cached), lora (adapters on the image encoder's Q and V + the mask decoder; folded into "
+                   "the round's weights, so the round is a plain checkpoint) or full (every weight); lora and full run "
+                   f"the image encoder every step (default {DEFAULTS.mode})")
     r.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"AdamW steps (default {DEFAULTS.steps})")
     r.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default {DEFAULTS.lr})")
     r.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
@@ -144,7 +151,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         print(f"WARNING: no checkpoint: {ref.model_type} has RANDOM weights (seed {args.seed}); its masks show the "
               "pipeline working, not a trained model")
     model = load_model_ref(ref, args.device, args.seed)
-    retrain = RetrainSettings(steps=args.steps, device=args.device, seed=args.seed)
+    retrain = RetrainSettings(mode=args.retrain_mode, steps=args.steps, device=args.device, seed=args.seed)
     session = EngineSession(work, args.stage, retrain=retrain, points_per_side=args.points_per_side,
                             precision=args.precision, device=args.device, seed=args.seed)
     app = create_app(model, folder.root, work, labels, model_name=session.model_ref_of(current),

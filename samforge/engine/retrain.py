@@ -1,6 +1,13 @@
-"""The data engine's retrain between rounds: a short decoder-only fine-tune of a SAM (v1) model on the labels made
-so far, with the image embeddings kept in an :class:`~samforge.train.embedding_cache.EmbeddingCache` (the encoder is
-frozen, so each labelled image is encoded once over all rounds). The step is the trainer's own
+"""The data engine's retrain between rounds: a short fine-tune of a SAM (v1) model on the labels made so far, in one of
+``samforge finetune``'s modes (:func:`samforge.train.finetune.apply_finetune`): ``decoder`` (the default) trains the
+mask decoder with the image embeddings kept in an :class:`~samforge.train.embedding_cache.EmbeddingCache` (the encoder
+is frozen, so each labelled image is encoded once over all rounds); ``lora`` trains low-rank adapters on the image
+encoder's Q and V projections plus the mask decoder, and ``full`` every weight: in both the image encoder runs at
+every step (no cache; activation checkpointing as ``finetune`` decides, on its blocks at inputs of 1024 px and more).
+A ``lora`` retrain folds its adapters into the weights before it returns, so the model is a plain SAM again: a round's
+model is then one ordinary checkpoint that the annotator's hot swap, ``engine auto`` and the next retrain load as
+any other (an adapter file beside a base would make every reader of a round apply it, and a round on a round on
+an adapter would stack them). The step is the trainer's own
 (:func:`samforge.train.step.training_losses`: simulated first prompt, correction clicks, SAM's loss); the prompts
 follow the recorded training config or a named recipe (``recipe="sam"``: the SAM paper's 8 correction clicks with the
 previous logits as mask input, as the NoC protocol and a person's clicks feed the model). The learning rate warms up
@@ -20,16 +27,19 @@ import torch
 
 from samforge.data.recipes import recipe_settings
 from samforge.data.sample import Sample
+from samforge.models.checkpointing import set_checkpoint_blocks
+from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam import Sam
 from samforge.train.batches import TrainingSamples, collate_samples
 from samforge.train.config import FinetuneConfig, LossConfig, OptimConfig, PromptConfig
 from samforge.train.embedding_cache import EmbeddingCache
-from samforge.train.finetune import apply_finetune
+from samforge.train.finetune import FINETUNE_MODES, apply_finetune, encoder_blocks_owner
 from samforge.train.losses import SamLoss
 from samforge.train.optim import build_scheduler
 from samforge.train.step import training_losses
 
 MAX_OBJECTS = 16  # objects per image in one step (the trainer's data.max_objects default scale)
+RETRAIN_MODES = FINETUNE_MODES  # decoder (embeddings cached), lora (adapters + decoder), full (every weight)
 
 
 class _Labelled(torch.utils.data.Dataset):
@@ -49,24 +59,28 @@ class _Labelled(torch.utils.data.Dataset):
 class RetrainResult:
     """What a retrain did: the training loss of each step, the validation loss ``(steps done, loss)`` at the start
     and every ``val_every`` steps (empty without validation images), the steps of the weights kept (``steps_done``
-    without validation; 0 when no validation beat the model as it came) and the wall-clock seconds."""
+    without validation; 0 when no validation beat the model as it came), the wall-clock seconds, the mode and how
+    many parameters it trained."""
 
     losses: list[float]
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     kept_step: int = 0
     seconds: float = 0.0
+    mode: str = "decoder"
+    trainable: int = 0
 
     @property
     def steps_done(self) -> int:
         return len(self.losses)
 
 
-def retrain_decoder(model: Sam, samples: Sequence[Sample], steps: int, cache_dir: str | Path, *args: Any,
+def retrain_decoder(model: Sam, samples: Sequence[Sample], steps: int, cache_dir: str | Path | None, *args: Any,
                     **kwargs: Any) -> list[float]:
-    """Fine-tune ``model``'s mask decoder in place for ``steps`` AdamW steps on ``samples`` (images with their label
-    masks), ``batch_size`` images a step drawn with ``seed``; returns the loss of each step. The further arguments
-    are :func:`run_retrain`'s (``lr``, ``batch_size``, ``seed``, ``train_config``, then keyword-only settings). The
-    model is left in eval mode with every weight's ``requires_grad`` as decoder-only fine-tuning sets it.
+    """Fine-tune ``model``'s mask decoder (or what ``mode=`` says) in place for ``steps`` AdamW steps on ``samples``
+    (images with their label masks), ``batch_size`` images a step drawn with ``seed``; returns the loss of each step.
+    The further arguments are :func:`run_retrain`'s (``lr``, ``batch_size``, ``seed``, ``train_config``, then
+    keyword-only settings). The model is left in eval mode with every weight's ``requires_grad`` as the mode's
+    fine-tuning sets it.
     ``train_config``: the config a samforge checkpoint records (its ``loss`` and ``prompts`` sections are used, so
     the fine-tune keeps the objective the model was trained with; the defaults without it)."""
     return run_retrain(model, samples, steps, cache_dir, *args, **kwargs).losses
@@ -84,12 +98,13 @@ def run_retrain(
     model: Sam,
     samples: Sequence[Sample],
     steps: int,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None,
     lr: float = 1e-4,
     batch_size: int = 2,
     seed: int = 0,
     train_config: Mapping[str, Any] | None = None,
     *,
+    mode: str = "decoder",
     recipe: str | None = None,
     warmup_steps: int = 0,
     min_lr_ratio: float = 1.0,
@@ -106,10 +121,19 @@ def run_retrain(
     that passes this wall-clock budget (a cap; the schedule stays the one of ``steps``). ``val_samples``: labelled
     images kept out of training; the loss on them (the same prompts each time, drawn from ``seed``) is measured at
     the start and every ``val_every`` steps, and the model keeps the weights of the lowest one (the model as it came
-    when no step beat it): a retrain on a few images then never leaves a model worse on unseen ones than it took."""
+    when no step beat it): a retrain on a few images then never leaves a model worse on unseen ones than it took.
+
+    ``mode``: what trains (module docstring): ``decoder`` needs ``cache_dir`` (the embedding cache), ``lora`` and
+    ``full`` ignore it (give None). The weights kept by the validation are those the mode trains (the decoder; the
+    adapters and the decoder; every weight). A model that comes with LoRA adapters has them folded in first in
+    ``lora`` mode (new adapters train on top); in every mode the model returns without adapters of this retrain."""
     if not isinstance(model, Sam):
         raise TypeError(f"model must be a samforge Sam (SAM v1; SAM 2 retrain is not supported here), got "
                         f"{type(model).__name__}")
+    if mode not in RETRAIN_MODES:
+        raise ValueError(f"mode must be one of {', '.join(RETRAIN_MODES)}, got {mode!r}")
+    if mode == "decoder" and cache_dir is None:
+        raise ValueError("mode decoder keeps image embeddings on disk: give cache_dir (a folder), got None")
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0),
                              ("val_every", val_every, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -124,8 +148,10 @@ def run_retrain(
     if not all(isinstance(s, Sample) for s in val_samples):
         raise ValueError("val_samples must be a list of Sample (labelled images kept out of training)")
     start = time.perf_counter()
-    apply_finetune(model, FinetuneConfig(mode="decoder", checkpoint_blocks="none"))
-    cache = EmbeddingCache(cache_dir, model.image_encoder)
+    if mode == "lora" and has_lora(model):
+        merge_lora(model)  # the adapters it came with become base weights; this retrain's train on top
+    plan = apply_finetune(model, FinetuneConfig(mode=mode, checkpoint_blocks="none" if mode == "decoder" else "auto"))
+    cache = EmbeddingCache(cache_dir, model.image_encoder) if mode == "decoder" else None
     data = TrainingSamples(_Labelled(samples), model.image_encoder.img_size, MAX_OBJECTS, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -135,7 +161,7 @@ def run_retrain(
                                                              min_lr_ratio=min_lr_ratio))
     validate = _Validation(model, val_samples, prompt_cfg, loss_fn, loss_cfg.resolution, cache, seed)
     rng = np.random.default_rng(seed)
-    result = RetrainResult([])
+    result = RetrainResult([], mode=mode, trainable=plan.trainable)
     validate(0, result)
     model.train()
     try:
@@ -157,20 +183,25 @@ def run_retrain(
                 validate(len(result.losses), result)
     finally:
         model.eval()
+        set_checkpoint_blocks(encoder_blocks_owner(model), 0)  # inference as a model loaded from disk runs
     if not result.losses:
         raise ValueError("no object of the labelled images survives resizing to the model's input: nothing trained")
     if result.val_losses and result.val_losses[-1][0] != len(result.losses):
         validate(len(result.losses), result)
     result.kept_step = validate.restore_best() if validate.batches else len(result.losses)
+    if mode == "lora":
+        merge_lora(model)  # a plain SAM again: the round's model is one ordinary checkpoint
     result.seconds = time.perf_counter() - start
     return result
 
 
 class _Validation:
-    """The validation loss of a retrain on its held-out labelled images, and the decoder weights that scored best."""
+    """The validation loss of a retrain on its held-out labelled images, and the trained weights (those with
+    ``requires_grad``: what the mode trains) that scored best. ``cache``: the embedding cache (decoder mode), else
+    None and the image encoder runs."""
 
     def __init__(self, model: Sam, samples: list[Sample], prompts: PromptConfig, loss_fn: SamLoss, resolution: str,
-                 cache: EmbeddingCache, seed: int) -> None:
+                 cache: EmbeddingCache | None, seed: int) -> None:
         self.model, self.prompts, self.loss_fn, self.resolution, self.cache = model, prompts, loss_fn, resolution, cache
         data = TrainingSamples(_Labelled(samples), model.image_encoder.img_size, MAX_OBJECTS, seed=seed)
         self.batches = [b for b in (collate_samples([data[(i, 0)]]) for i in range(len(data))) if len(b["masks"])]
@@ -190,14 +221,17 @@ class _Validation:
         self.model.train(was_training)
         result.val_losses.append((steps_done, loss))
         if self.best is None or loss < self.best[0]:
-            weights = {k: v.detach().clone() for k, v in self.model.mask_decoder.state_dict().items()}
+            weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
             self.best = (loss, steps_done, weights)
 
     def restore_best(self) -> int:
-        """Load the best-scoring decoder weights into the model; the steps they had."""
+        """Put the best-scoring trained weights back into the model; the steps they had."""
         if self.best is None:
             return 0
-        self.model.mask_decoder.load_state_dict(self.best[2])
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.best[2].items():
+                params[name].copy_(value)
         return self.best[1]
 
 

@@ -1,13 +1,16 @@
 """The data engine's retrain of a work folder on a person's labels: round N+1 from round N, one at a time.
 
 :func:`retrain_round` fine-tunes the current round's model of ``WORK`` (:func:`samforge.engine.rounds.current_round`)
-on the labelled images given (decoder-only with the embedding cache:
-:func:`samforge.engine.retrain.retrain_decoder`), validates it on a held-out share of them (the project's split by
-case, :func:`samforge.data.split.make_split`; the model before and after, on the same images) and writes round N+1:
-``snapshot.json`` (every labelled image's name), ``model.pt`` (the weights, a samforge checkpoint), ``metrics.json``
-(held-out mIoU before/after, losses, seconds, which images trained and which validated), written last so a
-half-written round is never current. It holds ``WORK/retrain.lock`` while it runs, so two retrains of one folder
-(a page's button and ``samforge engine retrain``, or two requests) never run at once.
+on the labelled images given (:func:`samforge.engine.retrain.run_retrain` in the settings' mode: ``decoder`` with the
+embedding cache, ``lora`` or ``full`` with the image encoder running every step), keeping the weights of the step
+with the lowest loss on a held-out share of them (the project's seeded split by case,
+:func:`samforge.data.split.make_split`: at least one image once two are labelled, none with one), on which it also
+measures the model before and after; and writes round N+1: ``snapshot.json`` (every labelled image's name),
+``model.pt`` (the weights, a samforge checkpoint; a ``lora`` retrain's adapters folded in), ``metrics.json``
+(held-out mIoU before/after, losses, the validation losses and the step kept, seconds, which images trained and
+which validated), written last so a half-written round is never current. It holds ``WORK/retrain.lock`` while it
+runs, so two retrains of one folder (a page's button and ``samforge engine retrain``, or two requests) never run at
+once.
 
 :class:`RetrainJob` runs it on a background thread for the annotator: one at a time (a second start is refused with
 :class:`RetrainBusy`), its progress readable while it runs, a failure (no label yet, bad labels, out of memory, any
@@ -37,7 +40,7 @@ from filelock import FileLock, Timeout
 from samforge.data.sample import Sample
 from samforge.data.recipes import recipe_settings
 from samforge.data.split import make_split
-from samforge.engine.retrain import retrain_decoder
+from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, Round, current_round, finish_round, pending_round, start_round
 from samforge.evaluate.evaluator import evaluate_dataset
@@ -51,7 +54,8 @@ log = logging.getLogger("samforge.engine")
 LOCK_FILE = "retrain.lock"
 ROUND_CHECKPOINT = "model.pt"
 EMBEDDING_CACHE = "embedding_cache"
-MODES = ("decoder",)  # lora and full: not yet (samforge finetune trains them on an export of the labels)
+MODES = RETRAIN_MODES  # decoder (embeddings cached), lora (adapters + decoder, folded in), full (every weight)
+VAL_EVERY_STEPS = 5  # validations of a retrain: every this many steps (at least 4 a retrain) and at its end
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
 
 
@@ -61,9 +65,11 @@ class RetrainBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    """How a round is retrained: ``mode`` (``decoder``: the mask decoder, image embeddings cached), ``steps``
+    """How a round is retrained: ``mode`` (``decoder``: the mask decoder, image embeddings cached; ``lora``: adapters
+    on the image encoder plus the mask decoder, folded into the round's weights; ``full``: every weight), ``steps``
     AdamW steps at ``lr`` on ``batch_size`` images a step, ``held_out`` the share of the labelled images kept for
-    validation (at least one once two images are labelled; none with one), ``seed`` for the split and the draws,
+    validation: the retrain keeps the weights of its lowest validation loss, and the round is measured on them (at
+    least one once two images are labelled; none with one), ``seed`` for the split and the draws,
     ``device`` where the model trains, ``recipe`` the prompt recipe of the training clicks (``sam_fast``: correction
     clicks from the error region with the previous mask fed back, as a person's clicks reach the model; the engine
     simulation's retrain, benchmarks/README.md "Data engine")."""
@@ -80,8 +86,7 @@ class RetrainSettings:
     def __post_init__(self) -> None:
         recipe_settings(self.recipe)  # an unknown name lists the known recipes
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES} (lora and full: export the labels and run samforge "
-                             f"finetune), got {self.mode!r}")
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -227,15 +232,19 @@ def _retrain_locked(work: Path, samples: list[Sample], settings: RetrainSettings
 
         hook = model.mask_decoder.iou_token.weight.register_post_accumulate_grad_hook(step_done)
         try:
-            progress("training: step 0/%d (computing image embeddings)" % settings.steps, 0.1)
-            losses = retrain_decoder(model=model, samples=train, steps=settings.steps,
-                                     cache_dir=work / EMBEDDING_CACHE, lr=settings.lr, batch_size=settings.batch_size,
-                                     seed=settings.seed + new.index, train_config=record.get("config"),
-                                     recipe=settings.recipe)
+            progress(f"training: step 0/{settings.steps}" + (" (computing image embeddings)"
+                                                            if settings.mode == "decoder" else ""), 0.1)
+            result = run_retrain(model=model, samples=train, steps=settings.steps,
+                                 cache_dir=work / EMBEDDING_CACHE if settings.mode == "decoder" else None,
+                                 lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + new.index,
+                                 train_config=record.get("config"), mode=settings.mode, recipe=settings.recipe,
+                                 val_samples=val, val_every=_val_every(settings.steps))
         finally:
             hook.remove()
+        losses = result.losses
         metrics.update(train_seconds=time.perf_counter() - t0, steps_done=len(losses), loss_first=losses[0],
-                       loss_last=losses[-1])
+                       loss_last=losses[-1], trainable_parameters=result.trainable,
+                       val_losses=[[s, v] for s, v in result.val_losses], kept_step=result.kept_step)
         progress("saving the model", 0.86)
         save_training_checkpoint(new.folder / ROUND_CHECKPOINT, model=model.state_dict(), **record)
         if val:
@@ -253,6 +262,12 @@ def _retrain_locked(work: Path, samples: list[Sample], settings: RetrainSettings
         f": held-out mIoU (box) {metrics['heldout_before']['miou_box']:.3f} -> {after['miou_box']:.3f}" if after
         else " (one labelled image: nothing held out to validate on)"))
     return done_round
+
+
+def _val_every(steps: int) -> int:
+    """Steps between a retrain's validations: :data:`VAL_EVERY_STEPS`, or fewer for a short retrain (at least four
+    validations after the start)."""
+    return max(1, min(VAL_EVERY_STEPS, steps // 4))
 
 
 def _move_aside(folder: Path, why: str, say: Callable[[str], None]) -> None:

@@ -11,8 +11,9 @@ held-out images) and labels every object with the current model (round ``r - 1``
   (:func:`filter_proposals`) are judged (:func:`judge_proposals`); accepted ones are labels without a click, the
   objects no proposal matched are clicked.
 
-Then the mask decoder is fine-tuned on the labels so far (:func:`samforge.engine.retrain.run_retrain`: the
-interactive ``retrain_recipe``, a share of the labelled images held out of training to keep the best weights) into
+Then the model is fine-tuned on the labels so far (:func:`samforge.engine.retrain.run_retrain` in ``retrain_mode``:
+the mask decoder by default, else LoRA adapters plus the decoder or every weight; the interactive ``retrain_recipe``,
+a share of the labelled images held out of training to keep the best weights) into
 ``WORK/rounds/<r>/model.pt``, and the round's metrics complete it (:mod:`samforge.engine.rounds`): clicks per object,
 objects finished by hand, share of objects from accepted proposals, seconds of each part, and, measured on the
 held-out images (which are never labelled), the model's mIoU (box, centre point, after k clicks, NoC at 0.85) and the
@@ -38,7 +39,7 @@ from samforge.data.sample import Sample
 from samforge.data.recipes import recipe_settings
 from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals
 from samforge.engine.pseudo_label_quality import pseudo_label_scores
-from samforge.engine.retrain import run_retrain
+from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
 from samforge.engine.simulated_annotator import TARGET_IOU, annotate_objects, judge_proposals
@@ -59,8 +60,9 @@ ROUND_CHECKPOINT = "model.pt"
 @dataclass(frozen=True)
 class SimulateSettings:
     """What a simulation run is: ``rounds`` rounds of ``images_per_round`` images, the last ``held_out`` images of
-    the data kept for validation, the semi-automatic stage from round ``semi_from``, ``retrain_steps`` decoder
-    steps at ``lr`` (warm-up, cosine decay) between rounds with the prompt recipe ``retrain_recipe``, every
+    the data kept for validation, the semi-automatic stage from round ``semi_from``, ``retrain_steps`` steps of a
+    ``retrain_mode`` fine-tune (decoder, lora, full) at ``lr`` (warm-up, cosine decay) between rounds with the prompt
+    recipe ``retrain_recipe``, every
     ``retrain_val_every`` steps validated on ``retrain_val_share`` of the labelled images (kept out of training),
     automatic masks from a ``points_per_side`` grid."""
 
@@ -75,6 +77,7 @@ class SimulateSettings:
     retrain_recipe: str = "sam_fast"
     retrain_val_share: float = 0.25
     retrain_val_every: int = 20
+    retrain_mode: str = "decoder"
 
     def __post_init__(self) -> None:
         for name, low in (("rounds", 1), ("images_per_round", 1), ("held_out", 1), ("semi_from", 1),
@@ -85,6 +88,8 @@ class SimulateSettings:
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         recipe_settings(self.retrain_recipe)  # an unknown name lists the known recipes
+        if self.retrain_mode not in RETRAIN_MODES:
+            raise ValueError(f"retrain_mode must be one of {', '.join(RETRAIN_MODES)}, got {self.retrain_mode!r}")
         share = self.retrain_val_share
         if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share < 1:
             raise ValueError(f"retrain_val_share must be a number in [0, 1), got {share!r}")
@@ -181,6 +186,7 @@ def _check_settings(work: Path, spec: str, base: ModelRef, settings: SimulateSet
     path = work / SETTINGS_FILE
     if path.is_file():
         found = json.loads(path.read_text(encoding="utf-8"))
+        found.setdefault("retrain_mode", "decoder")  # a run recorded before the setting existed retrained the decoder
         diff = sorted(k for k in set(found) | set(wanted) if k != "rounds" and found.get(k) != wanted.get(k))
         if diff:
             raise ValueError(f"{work} holds a simulation with other settings ({', '.join(diff)} differ: see {path}); "
@@ -307,8 +313,9 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
             hand += labels.hand_finished
         annotate_s = time.perf_counter() - t0
         train, val = _split_labelled(_labelled_samples(work, data, images), settings.retrain_val_share)
-        result = run_retrain(model, train, settings.retrain_steps, work / "embedding_cache", lr=settings.lr,
-                             seed=settings.seed + r, train_config=record.get("config"),
+        cache = work / "embedding_cache" if settings.retrain_mode == "decoder" else None
+        result = run_retrain(model, train, settings.retrain_steps, cache, lr=settings.lr,
+                             seed=settings.seed + r, train_config=record.get("config"), mode=settings.retrain_mode,
                              recipe=settings.retrain_recipe, warmup_steps=min(20, settings.retrain_steps // 10),
                              min_lr_ratio=0.1, val_samples=val, val_every=settings.retrain_val_every)
         folder = work / "rounds" / str(r)
@@ -320,6 +327,7 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
             "accepted_proposals": accepted, "proposals_shown": shown,
             "accepted_share": accepted / len(clicks) if clicks else 0.0,
             "seconds_per_image": round(annotate_s / len(new), 3), "annotate_seconds": round(annotate_s, 3),
+            "retrain_mode": result.mode, "retrain_trainable": result.trainable,
             "retrain_seconds": round(result.seconds, 3), "retrain_images": len(train), "retrain_val_images": len(val),
             "retrain_steps_done": result.steps_done, "retrain_kept_step": result.kept_step,
             "retrain_loss_first": result.losses[0], "retrain_loss_last": result.losses[-1],

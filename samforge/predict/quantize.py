@@ -33,6 +33,9 @@ import weakref
 import torch
 from torch import nn
 
+from samforge.models.sam2.hiera import Hiera
+from samforge.predict.hiera_int8 import chunk_sam2_encoder
+
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -49,21 +52,31 @@ def _linear_fingerprint(module: nn.Module) -> tuple:
 
 
 WEIGHT_QMAX = 63  # weights in [-64, 63]: uint8 x int8 pair sums stay inside int16 (see the module docstring)
+WEIGHT_QMAXES = {7: WEIGHT_QMAX, 8: 127}  # weight bits -> largest level; 8-bit weights take 7-bit activations
 
 
 class Int8Linear(nn.Module):
     """A dynamically quantised ``nn.Linear``: int8 weights per output channel (7 bits), uint8 activations per tensor
-    (8 bits, scale and zero point from each input's range), float32 bias and output. Inference only."""
+    (8 bits, scale and zero point from each input's range), float32 bias and output. Inference only.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    ``weight_bits=8``: the other split of the same 15 bits, 8-bit weights and 7-bit activations (``torch.ao``'s
+    choice). Its output error is larger on Gaussian inputs, but the error that moves masks is the weights': a weight
+    error is the same systematic change for every token, an activation's rounding is noise that differs token to
+    token. SAM 2's Hiera takes it (see :func:`int8_encoder`)."""
+
+    def __init__(self, linear: nn.Linear, weight_bits: int = 7) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        if weight_bits not in WEIGHT_QMAXES:
+            raise ValueError(f"weight_bits must be one of {sorted(WEIGHT_QMAXES)}, got {weight_bits!r}")
         weight = linear.weight.detach().float()
         if weight.device.type != "cpu":
             raise ValueError(f"int8 linear layers run on the CPU only, the weight is on {weight.device}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        scale = (weight.abs().amax(dim=1) / WEIGHT_QMAX).clamp_min(torch.finfo(torch.float32).tiny).double()
+        self.weight_bits = weight_bits
+        qmax = WEIGHT_QMAXES[weight_bits]
+        scale = (weight.abs().amax(dim=1) / qmax).clamp_min(torch.finfo(torch.float32).tiny).double()
         qweight = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
@@ -71,16 +84,19 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear expects inputs of last size {self.in_features}, got shape {tuple(x.shape)}")
-        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, reduce_range=False).to(x.dtype)
+        reduce_range = self.weight_bits == 8  # 8-bit weights: 7-bit activations (no int16 saturation either way)
+        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, reduce_range=reduce_range).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 w7/a8"
+        activation_bits = 15 - self.weight_bits
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int8 w{self.weight_bits}/a{activation_bits}")
 
 
-def quantize_linears(module: nn.Module, *, keep_float: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of ``module`` with each ``nn.Linear`` replaced by an :class:`Int8Linear`, sharing all other parameters
-    and buffers with ``module``. ``keep_float``: qualified names of linear layers left in float32 (e.g. the ones
-    quantisation hurts most). ``module`` must be on the CPU."""
+def quantize_linears(module: nn.Module, *, keep_float: tuple[str, ...] = (), weight_bits: int = 7) -> nn.Module:
+    """A copy of ``module`` with each ``nn.Linear`` replaced by an :class:`Int8Linear` (``weight_bits`` 7 or 8),
+    sharing all other parameters and buffers with ``module``. ``keep_float``: qualified names of linear layers left in
+    float32 (e.g. the ones quantisation hurts most). ``module`` must be on the CPU."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = [*module.parameters(), *module.buffers()]
@@ -94,6 +110,8 @@ def quantize_linears(module: nn.Module, *, keep_float: tuple[str, ...] = ()) -> 
     unknown = sorted(set(keep_float) - linears)
     if unknown:
         raise ValueError(f"keep_float names linear layers of {type(module).__name__}; these are not: {unknown}")
+    if weight_bits not in WEIGHT_QMAXES:
+        raise ValueError(f"weight_bits must be one of {sorted(WEIGHT_QMAXES)}, got {weight_bits!r}")
     shared = copy.deepcopy(module, memo={id(t): t for t in tensors})  # new modules, the same tensors
     shared.eval()
     with warnings.catch_warnings():  # torch.ao's deprecation notices: the kernels are the fastest here (see above)
@@ -102,7 +120,7 @@ def quantize_linears(module: nn.Module, *, keep_float: tuple[str, ...] = ()) -> 
         for name in sorted(linears - set(keep_float)):
             parent_name, _, child = name.rpartition(".")
             parent = shared.get_submodule(parent_name)
-            setattr(parent, child, Int8Linear(getattr(parent, child)))
+            setattr(parent, child, Int8Linear(getattr(parent, child), weight_bits=weight_bits))
     return shared
 
 
@@ -114,6 +132,20 @@ all int8 0.968; the first block float 0.971, the first two 0.975 (their linears 
 three 0.978, the last three 0.970; every qkv float 0.970, every proj 0.969, every mlp.lin1 0.973, every mlp.lin2
 0.972. In SAM 2's Hiera the first two blocks read the stride-4 grid (K = 96), where int8 measured no faster than
 float32 anyway."""
+
+
+SAM2_WEIGHT_BITS = 8
+"""SAM 2's image encoder is quantised with 8-bit weights and 7-bit activations (``Int8Linear(weight_bits=8)``) and run
+chunked (:mod:`samforge.predict.hiera_int8`). Measured 2026-12-04 (AMD EPYC, AVX2 only, 2 cores shared, load 6-10;
+benchmarks/cpu_speed.py's 24 masks on perturbed random weights, mean IoU against our fp32): what moves Hiera's masks
+is the weights' rounding, a change every token sees alike, not the activations', which differs token to token. With
+float activations and only the weights rounded per channel, sam2.1_hiera_t gives 0.940 at 7 bits (as w7/a8 int8 does:
+0.940), 0.969 at 8 bits, 0.988 at 9, 0.995 for bf16 weights; 1% Gaussian noise on the weights gives 0.969. w8/a7:
+hiera_t 0.960 (0.956-0.966 as chunking and threads change the rounding: the metric's own noise), hiera_s 0.952 (both
+0.940 with w7/a8). No single block kept float moves it by more than that noise. Speed (``cpu_speed.py --repeats 2
+--precisions int8``, two runs, load 8-10): hiera_t 1.48x / 1.54x the official fp32 ``set_image``, hiera_s 1.53x / 1.54x
+(before: 1.03x / 1.02x at load 10); alternating in one process with the previous int8 copy (w7/a8, unchunked):
+hiera_t 1.22x -> 1.51x, hiera_s 1.30x -> 1.44x (1 thread: 1.21x -> 1.55x)."""
 
 
 def float_linears(encoder: nn.Module, blocks: int = FLOAT_BLOCKS) -> tuple[str, ...]:
@@ -139,6 +171,10 @@ def int8_encoder(encoder: nn.Module) -> nn.Module:
         cached = _CACHE.get(encoder)
         if cached is not None and cached[0] == key:
             return cached[1]
-        quantized = quantize_linears(encoder, keep_float=float_linears(encoder))
+        if isinstance(getattr(encoder, "trunk", None), Hiera):  # SAM 2: see SAM2_WEIGHT_BITS and hiera_int8.py
+            quantized = quantize_linears(encoder, keep_float=float_linears(encoder), weight_bits=SAM2_WEIGHT_BITS)
+            chunk_sam2_encoder(quantized)
+        else:
+            quantized = quantize_linears(encoder, keep_float=float_linears(encoder))
         _CACHE[encoder] = (key, quantized)
         return quantized

@@ -40,7 +40,7 @@ class _Body(BaseModel):
 
 
 class RetrainIn(_Body):
-    mode: Optional[Literal["decoder"]] = None
+    mode: Optional[Literal["decoder", "lora", "full"]] = None  # samforge.engine.retrain_job.MODES
     steps: Optional[int] = Field(default=None, ge=1, le=MAX_STEPS)
 
 

@@ -93,11 +93,17 @@ def test_semi_page_proposals_accept_reject_retrain_and_round_changes(page, serve
     rejected = json.loads((work / "proposals" / "rejected" / "s0.json").read_text())
     assert [p["id"] for p in rejected["proposals"]] == [second]
 
+    # the retrain mode: the server's default shown, the person's pick sent with the request
+    assert page.input_value("#retrain-mode") == "decoder"
+    page.select_option("#retrain-mode", "full")
     page.click("#retrain")
     page.wait_for_function("document.body.dataset.round === '1'")
     assert page.inner_text("#round") == "round 1" and "round 1" in page.inner_text("#model")
     assert current_round(work).index == 1 and current_round(work).images == ("s0.png",)
     page.wait_for_function("document.body.dataset.retrainState === 'done'")
+    round_metrics = json.loads((work / "rounds" / "1" / "metrics.json").read_text())
+    assert round_metrics["mode"] == "full" and round_metrics["trainable_parameters"] > 0
+    assert page.input_value("#retrain-mode") == "full"  # a poll does not undo the person's pick
     # the new round's proposals load for the open image, without the accepted and the rejected one
     page.wait_for_function(f"document.body.dataset.proposalState === 'ready' && S.proposals.length === {n - 2} "
                            "&& S.proposals.every(p => p.pid.startsWith('1-'))")

@@ -80,9 +80,10 @@ class EngineSession:
                               say=self.say)
 
     def describe(self) -> dict:
-        """What the page shows: the round (the model version), the stage, the retrain job's status."""
+        """What the page shows: the round (the model version), the stage, the retrain job's status and the mode a
+        retrain runs in unless the page picks another (``retrain_mode``: decoder, lora or full)."""
         return {"round": self.round, "stage": self.stage, "work": str(self.work), "swap_error": self.swap_error,
-                "retrain": self.job.status() if self.job else None}
+                "retrain": self.job.status() if self.job else None, "retrain_mode": self.retrain_defaults.mode}
 
     def load_round_model(self, r: Round) -> Sam | SAM2Base:
         return load_model_ref(r.model.resolved(r.folder), torch.device(self.device), self.seed)

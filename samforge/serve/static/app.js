@@ -13,6 +13,7 @@ const S = {
   mask: null, seq: 0,                        // current mask {id, rle, canvas, score, area}
   objects: [], proposals: [], selected: null, label: 0, drag: null,
   engine: null,                              // the data engine: {round, stage} (samforge engine annotate)
+  retrainModeChosen: false,                  // the person picked the retrain mode (else the server's default shows)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -410,6 +411,7 @@ function showEngine(engine, modelName) {
   $("round").textContent = `round ${engine.round}`;
   $("round-label").textContent = `(round ${engine.round}, ${S.engine.stage})`;
   document.body.dataset.round = String(engine.round);
+  if (engine.retrain_mode && !S.retrainModeChosen) $("retrain-mode").value = engine.retrain_mode;  // the server's default
   if (modelName) $("model").textContent = `${modelName} · ${S.config.images} images`;
   if (changed && S.index >= 0) {            // a new model: new embeddings, new proposals
     setStatus(`switched to round ${engine.round}'s model`);
@@ -437,8 +439,9 @@ async function pollEngine() {
 
 async function retrain() {
   try {
-    showRetrain(await api("POST", "/api/engine/retrain", {}));
-    setStatus("retraining the model on your labels…");
+    const mode = $("retrain-mode").value;
+    showRetrain(await api("POST", "/api/engine/retrain", { mode }));
+    setStatus(`retraining the model on your labels (${mode})…`);
   } catch (e) { setStatus(`retrain refused: ${e.message}`); return; }
   let e;
   do {
@@ -535,6 +538,7 @@ $("export").onclick = exportAll;
 $("accept-all").onclick = acceptAll;
 $("reject-all").onclick = rejectAll;
 $("retrain").onclick = retrain;
+$("retrain-mode").onchange = () => { S.retrainModeChosen = true; };
 window.addEventListener("resize", fitStage);
 
 async function start() {

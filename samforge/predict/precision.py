@@ -13,8 +13,8 @@ x86 CPU with AVX2 only                                int8        vit_b int8 3.0
                                                                   1.72-2.09x shared; fp32-fast 2.59x / 1.49-
                                                                   1.79x (2026-12-04); int8 masks at mean IoU
                                                                   0.975 with fp32's. SAM 2 models: fp32-fast
-                                                                  (int8 1.34-1.55x on Hiera tiny/small, but
-                                                                  mean IoU 0.95-0.96 < 0.97)
+                                                                  (1.17x, the chunked copy; int8 1.34-1.55x on
+                                                                  Hiera tiny/small, but mean IoU 0.95-0.96)
 any other CPU (ARM, ...)                              fp32        exact; nothing faster is measured there
 ====================================================  ==========  ===========================================
 

@@ -30,6 +30,7 @@ from samforge.predict.checks import (
 )
 from samforge.predict.predictor import predictor_precision, run_cast
 from samforge.predict.quantize import int8_encoder
+from samforge.predict.sam2_cpu_encoder import fast_sam2_encoder
 from samforge.predict.sam2_transforms import SAM2Transforms
 from samforge.weights import resolve_checkpoint
 
@@ -56,7 +57,8 @@ class SAM2ImagePredictor:
     ) -> None:
         """``max_hole_area`` / ``max_sprinkle_area``: see ``SAM2Transforms`` (skipped with a warning, as the
         official code does without its CUDA extension). ``precision``: "fp32" (default, exact), "fp32-fast"
-        (the same as "fp32" here: Hiera has no relative-position bias and already uses fused SDPA) or "bf16"
+        (on a CPU the image encoder's chunked float32 copy, ``samforge.predict.sam2_cpu_encoder``: the same
+        arithmetic in a memory-friendlier order, agreeing with "fp32" to float rounding; elsewhere "fp32") or "bf16"
         (the image encoder in bfloat16 end to end, weights cast per image; its features are kept in float32 and
         the prompt decoder runs in float32, so outputs are float32), "int8" (the image encoder's linear layers
         dynamically quantised, on a copy: see ``samforge.predict.quantize``) or "auto" (picked for the device and
@@ -353,14 +355,17 @@ def _as_rgb_array(image: Any, name: str) -> np.ndarray:
 
 
 def forward_image_in(model: SAM2Base, img_batch: torch.Tensor, precision: str) -> dict[str, Any]:
-    """``SAM2Base.forward_image`` in a (resolved) ``precision``: "fp32" / "fp32-fast" the model's own; "int8" the
-    image encoder's quantised copy (``samforge.predict.quantize``); "bf16" the image encoder (trunk + neck) on bf16
+    """``SAM2Base.forward_image`` in a (resolved) ``precision``: "fp32" the model's own; "fp32-fast" the image
+    encoder's chunked float32 copy on a CPU (``samforge.predict.sam2_cpu_encoder``), the model's own elsewhere; "int8"
+    the image encoder's quantised copy (``samforge.predict.quantize``); "bf16" the image encoder (trunk + neck) on bf16
     weights and input throughout. Outputs are float32, and the rest of ``forward_image`` (the decoder's ``conv_s0``
     / ``conv_s1`` projections of the high-res levels) runs in float32 as usual."""
     if precision == "int8":  # the quantised copy of the encoder, float32 in and out
         out = int8_encoder(model.image_encoder)(img_batch)
     elif precision == "bf16":
         out = run_cast(model.image_encoder, torch.bfloat16, img_batch.to(torch.bfloat16))
+    elif precision == "fp32-fast" and img_batch.device.type == "cpu":
+        out = fast_sam2_encoder(model.image_encoder)(img_batch)
     elif precision in ("fp32", "fp32-fast"):
         return model.forward_image(img_batch)
     else:

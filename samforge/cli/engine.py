@@ -124,6 +124,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"retrain steps between validations (default {defaults.retrain_val_every})")
     sim.add_argument("--points-per-side", type=int, default=defaults.points_per_side,
                      help=f"grid of the automatic masks proposed (default {defaults.points_per_side})")
+    sim.add_argument("--target-iou", type=float, default=defaults.target_iou,
+                     help="the simulated person clicks an object until its mask reaches this IoU, else finishes it "
+                     f"by hand (default {defaults.target_iou}, the SAM paper's; lower for a model that cannot reach it)")
+    sim.add_argument("--accept-iou", type=float, default=defaults.accept_iou,
+                     help=f"a proposal is accepted when it matches a true object at this IoU (default "
+                     f"{defaults.accept_iou})")
+    sim.add_argument("--proposal-pred-iou", type=float, default=defaults.proposal_pred_iou,
+                     help="proposals and pseudo-labels: automatic masks with at least this predicted IoU (default "
+                     f"{defaults.proposal_pred_iou}, the strict filter)")
+    sim.add_argument("--proposal-stability", type=float, default=defaults.proposal_stability,
+                     help=f"... and at least this stability score (default {defaults.proposal_stability})")
     sim.add_argument("--seed", type=int, default=0, help="seed of random weights and of the retrain draws")
     sim.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     sim.set_defaults(run=run_simulate)
@@ -134,7 +145,9 @@ def run_simulate(args: argparse.Namespace) -> int:
                                 semi_from=args.semi_from, retrain_steps=args.retrain_steps, lr=args.lr,
                                 points_per_side=args.points_per_side, seed=args.seed,
                                 retrain_recipe=args.retrain_recipe, retrain_val_share=args.retrain_val_share,
-                                retrain_val_every=args.retrain_val_every, retrain_mode=args.retrain_mode)
+                                retrain_val_every=args.retrain_val_every, retrain_mode=args.retrain_mode,
+                                target_iou=args.target_iou, accept_iou=args.accept_iou,
+                                proposal_pred_iou=args.proposal_pred_iou, proposal_stability=args.proposal_stability)
     if args.model_type is None and args.checkpoint is None:
         raise ValueError("give the base model with --model-type and/or --checkpoint")
     work = prepare_out_dir(args.out)

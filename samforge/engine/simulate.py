@@ -42,7 +42,7 @@ from samforge.engine.pseudo_label_quality import pseudo_label_scores
 from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
-from samforge.engine.simulated_annotator import TARGET_IOU, annotate_objects, judge_proposals
+from samforge.engine.simulated_annotator import ACCEPT_IOU, TARGET_IOU, annotate_objects, judge_proposals
 from samforge.evaluate.evaluator import evaluate_dataset
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.build import resolve_sam_config
@@ -64,7 +64,13 @@ class SimulateSettings:
     ``retrain_mode`` fine-tune (decoder, lora, full) at ``lr`` (warm-up, cosine decay) between rounds with the prompt
     recipe ``retrain_recipe``, every
     ``retrain_val_every`` steps validated on ``retrain_val_share`` of the labelled images (kept out of training),
-    automatic masks from a ``points_per_side`` grid."""
+    automatic masks from a ``points_per_side`` grid.
+
+    The quality bar of the simulated person and the filters: an object is clicked until IoU ``target_iou`` (else
+    finished by hand), a proposal is accepted at IoU ``accept_iou`` with a true object, and proposals (and the
+    automatic stage's pseudo-labels) are the automatic masks with predicted IoU >= ``proposal_pred_iou`` and
+    stability >= ``proposal_stability``. The defaults are the SAM paper's data engine (0.85, 0.85, 0.9, 0.95); a
+    lower bar is what a model too weak to reach it can be measured at (coarse labels, a small model on a CPU)."""
 
     rounds: int
     images_per_round: int
@@ -78,8 +84,16 @@ class SimulateSettings:
     retrain_val_share: float = 0.25
     retrain_val_every: int = 20
     retrain_mode: str = "decoder"
+    target_iou: float = TARGET_IOU
+    accept_iou: float = ACCEPT_IOU
+    proposal_pred_iou: float = PRED_IOU_THRESH
+    proposal_stability: float = STABILITY_SCORE_THRESH
 
     def __post_init__(self) -> None:
+        for name in ("target_iou", "accept_iou", "proposal_pred_iou", "proposal_stability"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
         for name, low in (("rounds", 1), ("images_per_round", 1), ("held_out", 1), ("semi_from", 1),
                           ("retrain_steps", 1), ("points_per_side", 1), ("seed", 0)):
             value = getattr(self, name)
@@ -125,11 +139,15 @@ class _Subset:
         return self.dataset[self.indices[i]]
 
 
-def label_image(predictor: SamPredictor, sample: Sample, proposals: Sequence[dict] | None = None) -> ImageLabels:
+def label_image(predictor: SamPredictor, sample: Sample, proposals: Sequence[dict] | None = None, *,
+                target_iou: float = TARGET_IOU, accept_iou: float = ACCEPT_IOU,
+                pred_iou_thresh: float = PRED_IOU_THRESH,
+                stability_score_thresh: float = STABILITY_SCORE_THRESH) -> ImageLabels:
     """Label ``sample``'s objects on ``predictor`` (its image set to ``sample.image``): with ``proposals``
-    (automatic-mask records, semi-automatic stage) those passing :func:`filter_proposals` are judged and the
-    accepted ones become their object's label; every other object is clicked (:func:`annotate_objects`), its
-    last mask the label where it reached the target IoU, else the true mask (finished by hand)."""
+    (automatic-mask records, semi-automatic stage) those passing :func:`filter_proposals` (``pred_iou_thresh``,
+    ``stability_score_thresh``) are judged (accepted at IoU ``accept_iou`` with a true object) and the accepted ones
+    become their object's label; every other object is clicked (:func:`annotate_objects`), its last mask the label
+    where it reached ``target_iou``, else the true mask (finished by hand)."""
     if not isinstance(sample, Sample):
         raise TypeError(f"sample must be a Sample, got {type(sample).__name__}")
     gts = [m for m in sample.masks]
@@ -137,16 +155,17 @@ def label_image(predictor: SamPredictor, sample: Sample, proposals: Sequence[dic
     clicks = [0] * len(gts)
     shown = 0
     if proposals is not None:
-        kept = filter_proposals(list(proposals))
+        kept = filter_proposals(list(proposals), pred_iou_thresh=pred_iou_thresh,
+                                stability_score_thresh=stability_score_thresh)
         shown = len(kept)
-        for record, verdict in zip(kept, judge_proposals(kept, gts)):
+        for record, verdict in zip(kept, judge_proposals(kept, gts, accept_iou)):
             if verdict.accepted:
                 labels[verdict.object_index] = segmentation_to_mask(record["segmentation"], "proposal")
     todo = [k for k, m in enumerate(labels) if m is None]
-    traces = annotate_objects(predictor, [gts[k] for k in todo]) if todo else []
+    traces = annotate_objects(predictor, [gts[k] for k in todo], target_iou) if todo else []
     hand = 0
     for k, trace in zip(todo, traces):
-        reached = trace.ious[-1] >= TARGET_IOU
+        reached = trace.ious[-1] >= target_iou
         labels[k] = trace.last_mask.astype(bool) if reached else gts[k].copy()
         clicks[k] = len(trace.ious)
         hand += not reached
@@ -187,6 +206,8 @@ def _check_settings(work: Path, spec: str, base: ModelRef, settings: SimulateSet
     if path.is_file():
         found = json.loads(path.read_text(encoding="utf-8"))
         found.setdefault("retrain_mode", "decoder")  # a run recorded before the setting existed retrained the decoder
+        for name in ("target_iou", "accept_iou", "proposal_pred_iou", "proposal_stability"):
+            found.setdefault(name, SimulateSettings.__dataclass_fields__[name].default)  # the paper's bar then
         diff = sorted(k for k in set(found) | set(wanted) if k != "rounds" and found.get(k) != wanted.get(k))
         if diff:
             raise ValueError(f"{work} holds a simulation with other settings ({', '.join(diff)} differ: see {path}); "
@@ -230,13 +251,15 @@ def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -
             "heldout_noc85": metrics["interactive"]["noc85"]}
 
 
-def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], points_per_side: int) -> dict[str, Any]:
-    """The automatic stage on images ``indices`` of ``data`` (a ``points_per_side`` grid, the strict filters:
-    predicted IoU >= 0.9, stability >= 0.95): its pseudo-labels, best predicted IoU first, scored against the true
-    masks (:func:`pseudo_label_scores`: precision and recall at IoU 0.5 and 0.75), with ``per_image`` the mean
-    number of pseudo-labels an image got."""
-    generator = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=PRED_IOU_THRESH,
-                                          stability_score_thresh=STABILITY_SCORE_THRESH)
+def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], points_per_side: int,
+                            pred_iou_thresh: float = PRED_IOU_THRESH,
+                            stability_score_thresh: float = STABILITY_SCORE_THRESH) -> dict[str, Any]:
+    """The automatic stage on images ``indices`` of ``data`` (a ``points_per_side`` grid, the filters: by default
+    the strict ones, predicted IoU >= 0.9, stability >= 0.95): its pseudo-labels, best predicted IoU first, scored
+    against the true masks (:func:`pseudo_label_scores`: precision and recall at IoU 0.5 and 0.75), with
+    ``per_image`` the mean number of pseudo-labels an image got."""
+    generator = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                          stability_score_thresh=stability_score_thresh)
     pairs = []
     for i in indices:
         sample = data[i]
@@ -253,7 +276,8 @@ def _measure(model: Sam, data: Any, held: Sequence[int], settings: "SimulateSett
     metrics = heldout_miou(model, data, held, settings.seed)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    metrics["auto"] = automatic_stage_quality(model, data, held, settings.points_per_side)
+    metrics["auto"] = automatic_stage_quality(model, data, held, settings.points_per_side,
+                                              settings.proposal_pred_iou, settings.proposal_stability)
     metrics["auto_seconds"] = round(time.perf_counter() - t0, 3)
     return metrics
 
@@ -305,7 +329,9 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
             sample = data[i]
             predictor.set_image(sample.image)
             proposals = generator.generate(sample.image) if generator is not None else None
-            labels = label_image(predictor, sample, proposals)
+            labels = label_image(predictor, sample, proposals, target_iou=settings.target_iou,
+                                 accept_iou=settings.accept_iou, pred_iou_thresh=settings.proposal_pred_iou,
+                                 stability_score_thresh=settings.proposal_stability)
             _save_labels(work, i, labels.masks)
             clicks += labels.clicks
             accepted += labels.from_proposals
@@ -366,7 +392,7 @@ def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: l
     done = [m for m in table if m["round"] >= 1]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     axes[0].plot([m["round"] for m in done], [m["clicks_per_object"] for m in done], "o-")
-    axes[0].set(title="clicks per object", xlabel="round")
+    axes[0].set(title=f"clicks per object (to IoU {settings.target_iou:g})", xlabel="round")
     axes[1].plot([m["round"] for m in done], [100 * m["accepted_share"] for m in done], "o-")
     axes[1].set(title="objects from accepted proposals (%)", xlabel="round")
     for key, label in (("heldout_miou_box", "box"), ("heldout_miou_point", "center point")):
@@ -381,7 +407,8 @@ def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: l
         points = [(m["round"], m["auto"][key]) for m in auto if m["auto"].get(key) is not None]
         if points:
             axes[3].plot(*zip(*points), style, label=key)
-    axes[3].set(title="automatic stage (strict filters) vs truth", xlabel="round (0 = base)")
+    axes[3].set(title=f"automatic stage (pred. IoU >= {settings.proposal_pred_iou:g}, stability >= "
+                      f"{settings.proposal_stability:g}) vs truth", xlabel="round (0 = base)")
     if axes[3].lines:
         axes[3].legend(fontsize=8)
     axes[0].set_ylim(0, 20.5)

@@ -389,9 +389,10 @@ ROUND_KEYS = {"round": int, "stage": str, "images": int, "objects": int, "clicks
               "retrain_loss_first": float, "retrain_loss_last": float, "retrain_val_losses": list,
               "retrain_mode": str, "retrain_trainable": int,
               "heldout_miou_box": float, "heldout_miou_point": float, "heldout_miou_at_clicks": dict,
-              "heldout_noc85": float, "eval_seconds": float, "auto": dict, "auto_seconds": float}
-MEASURED = {"heldout_miou_box", "heldout_miou_point", "heldout_miou_at_clicks", "heldout_noc85", "eval_seconds", "auto",
-            "auto_seconds"}  # each round's measurements on the held-out images, the base's (round 0) too
+              "heldout_noc85": float, "heldout_clicks_per_object": float, "eval_seconds": float, "auto": dict,
+              "auto_seconds": float}
+MEASURED = {"heldout_miou_box", "heldout_miou_point", "heldout_miou_at_clicks", "heldout_noc85",
+            "heldout_clicks_per_object", "eval_seconds", "auto", "auto_seconds"}  # each round's measurements on the held-out images, the base's (round 0) too
 AUTO_KEYS = {"pseudo_labels", "objects", "per_image", "precision@0.5", "recall@0.5", "precision@0.75", "recall@0.75"}
 
 

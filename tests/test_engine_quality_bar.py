@@ -98,3 +98,27 @@ def test_a_run_recorded_before_the_bar_existed_continues_with_the_paper_bar(tmp_
     more = SimulateSettings(rounds=2, images_per_round=1, held_out=1, retrain_steps=1, points_per_side=4)
     table = simulate(data, "synthetic:4:64", work, ModelRef("vit_small"), more, log=lambda s: None)
     assert [m["round"] for m in table] == [0, 1, 2]
+
+
+def test_heldout_clicks_are_the_evaluation_noc_at_the_paper_bar(tmp_path):
+    """At IoU 0.85 the held-out clicks per object are the evaluation's NoC@85 on the same images (one click rule);
+    a lower bar needs no more clicks."""
+    from samforge.engine.simulate import heldout_clicks, heldout_miou
+
+    data = open_dataset("synthetic:3:64")
+    torch.manual_seed(1)
+    model = build_sam("vit_small")
+    noc85 = heldout_miou(model, data, [0, 1, 2])["heldout_noc85"]
+    assert heldout_clicks(model, data, [0, 1, 2], 0.85) == pytest.approx(noc85)
+    first = [t.ious[0] for i in range(3) for t in annotate_objects(_set(model, data[i]), list(data[i].masks),
+                                                                   target_iou=1.0, max_clicks=1)]
+    lowest = min(first)
+    if lowest > 0:  # every first mask reaches the lowest first IoU: one click each
+        assert heldout_clicks(model, data, [0, 1, 2], lowest) == 1.0
+    assert heldout_clicks(model, data, [0, 1, 2], 0.05) <= heldout_clicks(model, data, [0, 1, 2], 0.85)
+
+
+def _set(model, sample):
+    predictor = SamPredictor(model)
+    predictor.set_image(sample.image)
+    return predictor

@@ -269,11 +269,25 @@ def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], point
     return {**scores, "per_image": scores["pseudo_labels"] / max(len(pairs), 1)}
 
 
+def heldout_clicks(model: Sam, data: Any, indices: Sequence[int], target_iou: float) -> float:
+    """Clicks per object the simulated person needs on images ``indices`` of ``data`` with ``model`` (the NoC rule
+    to ``target_iou``, 20 at most): the labelling cost of the same unseen images at every round, where a round's
+    own ``clicks_per_object`` is measured on that round's new images."""
+    predictor = SamPredictor(model)
+    counts: list[int] = []
+    for i in indices:
+        sample = data[i]
+        predictor.set_image(sample.image)
+        counts += [len(trace.ious) for trace in annotate_objects(predictor, list(sample.masks), target_iou)]
+    return float(np.mean(counts)) if counts else 0.0
+
+
 def _measure(model: Sam, data: Any, held: Sequence[int], settings: "SimulateSettings") -> dict[str, Any]:
-    """A round's measurements on the held-out images: :func:`heldout_miou`, the automatic stage's quality (``auto``)
-    and the seconds each took."""
+    """A round's measurements on the held-out images: :func:`heldout_miou`, :func:`heldout_clicks` at the run's
+    target IoU, the automatic stage's quality (``auto``) and the seconds each took."""
     t0 = time.perf_counter()
     metrics = heldout_miou(model, data, held, settings.seed)
+    metrics["heldout_clicks_per_object"] = heldout_clicks(model, data, held, settings.target_iou)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     metrics["auto"] = automatic_stage_quality(model, data, held, settings.points_per_side,
@@ -312,7 +326,8 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         metrics = {"round": 0, "stage": "base", **_measure(model, data, held, settings)}
         finish_round(work, 0, metrics)
         log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
-            f"{metrics['heldout_noc85']:.2f}; {_auto_line(metrics['auto'])}")
+            f"{metrics['heldout_noc85']:.2f}, {metrics['heldout_clicks_per_object']:.2f} clicks/object to IoU "
+            f"{settings.target_iou:g}; {_auto_line(metrics['auto'])}")
     while (cur := current_round(work)).index < settings.rounds:
         r = cur.index + 1
         images = pool[: r * settings.images_per_round]
@@ -364,7 +379,8 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         log(f"round {r} ({stage}): {metrics['clicks_per_object']:.2f} clicks/object ({hand} of {len(clicks)} "
             f"finished by hand), {100 * metrics['accepted_share']:.0f}% from proposals; retrain kept step "
             f"{result.kept_step} of {result.steps_done}; held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
-            f"{metrics['heldout_noc85']:.2f}; {_auto_line(metrics['auto'])}")
+            f"{metrics['heldout_noc85']:.2f}, {metrics['heldout_clicks_per_object']:.2f} clicks/object to IoU "
+            f"{settings.target_iou:g}; {_auto_line(metrics['auto'])}")
     table = [r.metrics for r in list_rounds(work) if r.complete]
     write_summary(work, spec, settings, [data[i].name for i in held], table)
     return table
@@ -391,8 +407,13 @@ def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: l
     atomic_write_bytes(work / "rounds.json", json.dumps(summary, indent=2).encode())
     done = [m for m in table if m["round"] >= 1]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    axes[0].plot([m["round"] for m in done], [m["clicks_per_object"] for m in done], "o-")
+    axes[0].plot([m["round"] for m in done], [m["clicks_per_object"] for m in done], "o-",
+                 label="the round's images (previous model)")
+    held_clicks = [(m["round"], m["heldout_clicks_per_object"]) for m in table if "heldout_clicks_per_object" in m]
+    if held_clicks:
+        axes[0].plot(*zip(*held_clicks), "s--", label="held-out images (the round's model)")
     axes[0].set(title=f"clicks per object (to IoU {settings.target_iou:g})", xlabel="round")
+    axes[0].legend(fontsize=8)
     axes[1].plot([m["round"] for m in done], [100 * m["accepted_share"] for m in done], "o-")
     axes[1].set(title="objects from accepted proposals (%)", xlabel="round")
     for key, label in (("heldout_miou_box", "box"), ("heldout_miou_point", "center point")):

@@ -12,7 +12,11 @@ an adapter would stack them). The step is the trainer's own
 follow the recorded training config or a named recipe (``recipe="sam"``: the SAM paper's 8 correction clicks with the
 previous logits as mask input, as the NoC protocol and a person's clicks feed the model). The learning rate warms up
 linearly over ``warmup_steps`` (a fresh AdamW's first steps are its largest) and decays on a cosine to
-``min_lr_ratio * lr``."""
+``min_lr_ratio * lr``.
+
+A SAM 2 model (``SAM2Base``) is retrained by :func:`samforge.engine.retrain_sam2.run_retrain_sam2` (same modes and
+contract; SAM 2's own training step on one-frame clips; no embedding cache, no SAM v1 ``recipe``): ``run_retrain``
+checks the inputs and hands it over."""
 
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ import torch
 
 from samforge.data.recipes import recipe_settings
 from samforge.data.sample import Sample
+from samforge.engine.retrain_sam2 import run_retrain_sam2
 from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2Base
 from samforge.train.batches import TrainingSamples, collate_samples
 from samforge.train.config import FinetuneConfig, LossConfig, OptimConfig, PromptConfig
 from samforge.train.embedding_cache import EmbeddingCache
@@ -95,7 +101,7 @@ def _check_number(value: Any, name: str, low: float, high: float | None = None, 
 
 
 def run_retrain(
-    model: Sam,
+    model: Sam | SAM2Base,
     samples: Sequence[Sample],
     steps: int,
     cache_dir: str | Path | None,
@@ -126,13 +132,17 @@ def run_retrain(
     ``mode``: what trains (module docstring): ``decoder`` needs ``cache_dir`` (the embedding cache), ``lora`` and
     ``full`` ignore it (give None). The weights kept by the validation are those the mode trains (the decoder; the
     adapters and the decoder; every weight). A model that comes with LoRA adapters has them folded in first in
-    ``lora`` mode (new adapters train on top); in every mode the model returns without adapters of this retrain."""
-    if not isinstance(model, Sam):
-        raise TypeError(f"model must be a samforge Sam (SAM v1; SAM 2 retrain is not supported here), got "
-                        f"{type(model).__name__}")
+    ``lora`` mode (new adapters train on top); in every mode the model returns without adapters of this retrain.
+
+    A SAM 2 model goes to :func:`~samforge.engine.retrain_sam2.run_retrain_sam2`: ``cache_dir`` is ignored (no
+    embedding cache), ``recipe`` must be None (SAM 2 samples its prompts as its trainer does) and ``train_config``'s
+    ``loss`` and ``sam2_prompts`` sections are used."""
+    if not isinstance(model, (Sam, SAM2Base)):
+        raise TypeError(f"model must be a samforge Sam (SAM v1) or SAM2Base (SAM 2), got {type(model).__name__}")
+    sam2 = isinstance(model, SAM2Base)
     if mode not in RETRAIN_MODES:
         raise ValueError(f"mode must be one of {', '.join(RETRAIN_MODES)}, got {mode!r}")
-    if mode == "decoder" and cache_dir is None:
+    if mode == "decoder" and cache_dir is None and not sam2:
         raise ValueError("mode decoder keeps image embeddings on disk: give cache_dir (a folder), got None")
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0),
                              ("val_every", val_every, 1)):
@@ -147,6 +157,10 @@ def run_retrain(
         raise ValueError(f"samples must be a non-empty list of Sample (labelled images), got {len(samples)} items")
     if not all(isinstance(s, Sample) for s in val_samples):
         raise ValueError("val_samples must be a list of Sample (labelled images kept out of training)")
+    if sam2:
+        return run_retrain_sam2(model, samples, lr=lr, batch_size=batch_size, seed=seed, train_config=train_config,
+                                mode=mode, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, steps=steps,
+                                max_seconds=max_seconds, val_samples=val_samples, val_every=val_every, recipe=recipe)
     start = time.perf_counter()
     if mode == "lora" and has_lora(model):
         merge_lora(model)  # the adapters it came with become base weights; this retrain's train on top

@@ -40,6 +40,7 @@ from filelock import FileLock, Timeout
 from samforge.data.sample import Sample
 from samforge.data.recipes import recipe_settings
 from samforge.data.split import make_split
+from samforge.engine.model_record import sam2_model_record
 from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, Round, current_round, finish_round, pending_round, start_round
@@ -47,6 +48,7 @@ from samforge.evaluate.evaluator import evaluate_dataset
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2Base
 from samforge.train.checkpoint import save_training_checkpoint
 
 log = logging.getLogger("samforge.engine")
@@ -72,7 +74,8 @@ class RetrainSettings:
     least one once two images are labelled; none with one), ``seed`` for the split and the draws,
     ``device`` where the model trains, ``recipe`` the prompt recipe of the training clicks (``sam_fast``: correction
     clicks from the error region with the previous mask fed back, as a person's clicks reach the model; the engine
-    simulation's retrain, benchmarks/README.md "Data engine")."""
+    simulation's retrain, benchmarks/README.md "Data engine"; a SAM 2 round ignores it and samples its prompts as
+    the SAM 2 trainer does, :mod:`samforge.engine.retrain_sam2`)."""
 
     mode: str = "decoder"
     steps: int = 20  # as engine simulate's retrain_steps (vit_b: ~34 s a step on 2 busy AVX2 EPYC cores, 2026-12-04)
@@ -136,10 +139,12 @@ def heldout_metrics(model: torch.nn.Module, samples: Sequence[Sample], seed: int
     return {"miou_box": m["box"]["miou"], "miou_point": m["center_point"]["miou"], "noc85": m["interactive"]["noc85"]}
 
 
-def _model_record(model: Sam, ref: ModelRef) -> dict:
-    """What the round checkpoint records beside the weights: the model's configuration (to rebuild it) and the
-    training config of a samforge base checkpoint (the retrain keeps its objective)."""
-    record: dict[str, Any] = {"sam_config": model.config.to_dict()}
+def _model_record(model: Sam | SAM2Base, ref: ModelRef) -> dict:
+    """What the round checkpoint records beside the weights: the model's configuration (to rebuild it; a SAM 2
+    model's config name and overrides, :func:`~samforge.engine.model_record.sam2_model_record`) and the training
+    config of a samforge base checkpoint (the retrain keeps its objective)."""
+    config_record = sam2_model_record(model) if isinstance(model, SAM2Base) else model.config.to_dict()
+    record: dict[str, Any] = {"sam_config": config_record}
     if ref.checkpoint is not None:
         try:
             config = read_checkpoint(ref.checkpoint)[1].get("config")
@@ -197,10 +202,10 @@ def _retrain_locked(work: Path, samples: list[Sample], settings: RetrainSettings
     progress("loading the model", 0.02)
     ref = current.model.resolved(current.folder)
     model = load_model_ref(ref, settings.device, settings.seed)
-    if not isinstance(model, Sam):
-        raise ValueError(f"retrain fine-tunes SAM (v1) models; round {current.index}'s model "
-                         f"({ref.model_type or ref.checkpoint}) is SAM 2: fine-tune it with samforge finetune on an "
-                         "export of the labels")
+    if not isinstance(model, (Sam, SAM2Base)):
+        raise ValueError(f"retrain fine-tunes SAM and SAM 2 models; round {current.index}'s model "
+                         f"({ref.model_type or ref.checkpoint}) is a {type(model).__name__}")
+    sam2 = isinstance(model, SAM2Base)  # SAM 2: its own prompt sampling (no SAM v1 recipe), no embedding cache
     if has_lora(model):
         merge_lora(model)  # the round's model is a plain checkpoint: base weights with the adapter folded in
     train_names, val_names = split_labelled(names, settings.held_out, settings.seed, work)
@@ -230,14 +235,17 @@ def _retrain_locked(work: Path, samples: list[Sample], settings: RetrainSettings
             frac = 0.1 + 0.75 * min(done[0], settings.steps) / settings.steps
             progress(f"training: step {done[0]}/{settings.steps}", frac)
 
-        hook = model.mask_decoder.iou_token.weight.register_post_accumulate_grad_hook(step_done)
+        decoder = model.sam_mask_decoder if sam2 else model.mask_decoder
+        hook = decoder.iou_token.weight.register_post_accumulate_grad_hook(step_done)
         try:
             progress(f"training: step 0/{settings.steps}" + (" (computing image embeddings)"
-                                                            if settings.mode == "decoder" else ""), 0.1)
+                                                            if settings.mode == "decoder" and not sam2 else ""),
+                     0.1)
             result = run_retrain(model=model, samples=train, steps=settings.steps,
-                                 cache_dir=work / EMBEDDING_CACHE if settings.mode == "decoder" else None,
+                                 cache_dir=work / EMBEDDING_CACHE if settings.mode == "decoder" and not sam2 else None,
                                  lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + new.index,
-                                 train_config=record.get("config"), mode=settings.mode, recipe=settings.recipe,
+                                 train_config=record.get("config"), mode=settings.mode,
+                                 recipe=None if sam2 else settings.recipe,
                                  val_samples=val, val_every=_val_every(settings.steps))
         finally:
             hook.remove()

@@ -47,6 +47,7 @@ from samforge.evaluate.evaluator import evaluate_dataset
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.build import resolve_sam_config
 from samforge.models.sam import Sam
+from samforge.models.sam2 import SAM2_CONFIGS
 from samforge.predict.amg_outputs import segmentation_to_mask
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.predictor import SamPredictor
@@ -193,7 +194,9 @@ def _model_record(base: ModelRef) -> dict:
     ``base.model_type``) to rebuild the model, and its training ``config`` (the retrain keeps its objective)."""
     extras = read_checkpoint(base.checkpoint)[1] if base.checkpoint is not None else {}
     record = {k: extras[k] for k in ("sam_config", "config") if isinstance(extras.get(k), dict)}
-    if "sam_config" not in record and base.model_type is not None:
+    if "sam_config" not in record and base.model_type in SAM2_CONFIGS:  # rebuilt from its packaged config
+        record["sam_config"] = {"family": "sam2", "config_name": base.model_type, "overrides": []}
+    elif "sam_config" not in record and base.model_type is not None:
         record["sam_config"] = resolve_sam_config(base.model_type)[1].to_dict()
     return record
 
@@ -322,7 +325,9 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         start_round(work, base, [])
         model = load_model_ref(base, device, settings.seed)
         if not isinstance(model, Sam):
-            raise ValueError(f"engine simulate retrains SAM (v1) models; {base.model_type or base.checkpoint} is SAM 2")
+            raise ValueError(f"engine simulate runs SAM (v1) models (its simulated annotator and measures use SAM's "
+                             f"predictor and mask generator); {base.model_type or base.checkpoint} is SAM 2: "
+                             "retrain a SAM 2 model with `samforge engine retrain` (or annotate's Retrain)")
         metrics = {"round": 0, "stage": "base", **_measure(model, data, held, settings)}
         finish_round(work, 0, metrics)
         log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
@@ -428,8 +433,8 @@ def write_summary(work: Path, spec: str, settings: SimulateSettings, held_out: l
         points = [(m["round"], m["auto"][key]) for m in auto if m["auto"].get(key) is not None]
         if points:
             axes[3].plot(*zip(*points), style, label=key)
-    axes[3].set(title=f"automatic stage (pred. IoU >= {settings.proposal_pred_iou:g}, stability >= "
-                      f"{settings.proposal_stability:g}) vs truth", xlabel="round (0 = base)")
+    axes[3].set(title=f"automatic stage vs truth\n(pred. IoU >= {settings.proposal_pred_iou:g}, stability >= "
+                      f"{settings.proposal_stability:g})", xlabel="round (0 = base)")
     if axes[3].lines:
         axes[3].legend(fontsize=8)
     axes[0].set_ylim(0, 20.5)

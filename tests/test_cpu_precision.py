@@ -127,6 +127,32 @@ def test_int8_linear_is_finer_than_torch_ao_dynamic_linear():
         assert ours(gaussian.reshape(3, 100, 256)).shape == (3, 100, 512)  # any leading dims, as nn.Linear
 
 
+@pytest.mark.parametrize("weight_bits", [7, 8])
+def test_int8_linear_mean_correction_removes_the_shared_shift(weight_bits):
+    """Tokens that share a large mean (as attention outputs and GELU outputs do): the weights' rounding error times
+    that mean is one shift of every output, which the correction adds back; per-token variation is left alone."""
+    torch.manual_seed(1)
+    lin = nn.Linear(384, 256)
+    shared = 3.0 * torch.randn(384)
+    x = shared + 0.1 * torch.randn(500, 384)
+    plain = Int8Linear(lin, weight_bits=weight_bits)
+    corrected = Int8Linear(lin, weight_bits=weight_bits, mean_correction=True)
+    with torch.no_grad():
+        ref, out_plain, out_corrected = lin(x), plain(x), corrected(x)
+        # the shift every token shares (the outputs' mean over tokens): mostly gone; the whole error: not worse
+        shift_plain = relative_error(out_plain.mean(0), ref.mean(0))
+        shift_corrected = relative_error(out_corrected.mean(0), ref.mean(0))
+        assert shift_corrected < 0.3 * shift_plain, (shift_corrected, shift_plain)
+        assert relative_error(out_corrected, ref) <= relative_error(out_plain, ref)
+        shift = (corrected(x) - plain(x)).std(dim=0).max().item()  # the same correction for every token
+        assert shift < 1e-4 * ref.abs().max().item()
+        assert corrected(x.reshape(5, 100, 384)).shape == (5, 100, 256)
+    assert "mean_correction" not in repr(plain) and quantize_linears(nn.Sequential(lin)).get_submodule("0")._rounding \
+        is not None  # quantize_linears corrects by default
+    with pytest.raises(TypeError, match="mean_correction must be a bool, got 1"):
+        Int8Linear(lin, mean_correction=1)
+
+
 def test_int8_linear_does_not_saturate():
     """The worst case for AVX2's int16 pair sums: every activation at the top of the uint8 range times every weight at
     the top of its range. With 8-bit weights the sums would clip at 32767; with 7-bit ones the output is right."""

@@ -9,12 +9,12 @@ CUDA                                                  bf16        tensor cores
 x86 CPU with AVX512-BF16 or AMX                       bf16        native bf16 GEMM (2.5x fp32's rate)
 x86 CPU with AVX-512 but no BF16                      int8        int8 GEMM 2.6x fp32's (issue #25's EPYC);
                                                                   SAM 2 models: fp32 (int8 ~1.1x on Hiera)
-x86 CPU with AVX2 only                                int8        vit_b int8 3.07x the official fp32 quiet,
-                                                                  1.72-2.09x shared; fp32-fast 2.59x / 1.49-
-                                                                  1.79x (2026-12-04); int8 masks at mean IoU
-                                                                  0.975 with fp32's. SAM 2 models: fp32-fast
-                                                                  (1.17x, the chunked copy; int8 1.34-1.55x on
-                                                                  Hiera tiny/small, but mean IoU 0.95-0.96)
+x86 CPU with AVX2 only                                int8        vit_b int8 1.78-3.07x the official fp32
+                                                                  quiet, 1.72-2.09x shared; fp32-fast 1.47-
+                                                                  2.59x (2026-12-04); int8 masks at mean IoU
+                                                                  0.986 with fp32's. SAM 2 models: fp32-fast
+                                                                  (1.17-1.22x, the chunked copy; int8 1.29-1.55x
+                                                                  on Hiera tiny/small, mean IoU 0.953-0.969)
 any other CPU (ARM, ...)                              fp32        exact; nothing faster is measured there
 ====================================================  ==========  ===========================================
 
@@ -48,8 +48,8 @@ def x86_vector_level() -> str | None:
 
 def auto_precision(device: torch.device | str, *, int8: bool = True) -> str:
     """The precision ``"auto"`` picks on ``device`` (see the module docstring's table); ``int8=False`` for models
-    whose int8 masks agree with the exact path's less than ``auto`` accepts (mean IoU 0.97; SAM 2's Hiera: 0.95-0.96
-    at 1.5x the official fp32, see ``samforge.predict.quantize.SAM2_WEIGHT_BITS``): ``precision="int8"`` still runs
+    whose int8 masks agree with the exact path's less than ``auto`` accepts (mean IoU 0.97; SAM 2's Hiera: 0.953-0.969
+    at 1.3-1.5x the official fp32, see ``samforge.predict.quantize.SAM2_WEIGHT_BITS``): ``precision="int8"`` still runs
     it when asked."""
     device = _as_device(device)
     if device.type == "cuda":

@@ -20,6 +20,7 @@ from pathlib import Path
 from samforge.cli.annotate import add_server_args, check_server_args
 from samforge.cli.common import add_precision_arg, prepare_out_dir
 from samforge.cli.finetune import parse_base as finetune_base
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
 from samforge.engine.retrain_job import MODES, RetrainBusy, RetrainSettings, retrain_round
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
@@ -54,6 +55,11 @@ def register(jobs: argparse._SubParsersAction) -> None:
                    help=f"steps of a retrain started from the page (default {DEFAULTS.steps})")
     p.add_argument("--retrain-mode", default=DEFAULTS.mode, choices=MODES,
                    help=f"what a retrain started from the page trains, as retrain's --mode (default {DEFAULTS.mode})")
+    p.add_argument("--proposal-pred-iou", type=float, default=PRED_IOU_THRESH,
+                   help=f"semi stage: proposals have at least this predicted IoU (default {PRED_IOU_THRESH}, the strict "
+                   "filter; lower it for a model whose IoU head never predicts that high)")
+    p.add_argument("--proposal-stability", type=float, default=STABILITY_SCORE_THRESH,
+                   help=f"... and at least this stability score (default {STABILITY_SCORE_THRESH})")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (a base without checkpoint)")
     add_precision_arg(p)
@@ -139,6 +145,10 @@ def run_annotate(args: argparse.Namespace) -> int:
     warning = check_server_args(args)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    for flag, value in (("--proposal-pred-iou", args.proposal_pred_iou), ("--proposal-stability",
+                                                                          args.proposal_stability)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{flag} must be a number in (0, 1], got {value}")
     if args.adapter is not None and args.base is None:
         raise ValueError("--adapter applies to the base model: give --base with it (first run of WORK)")
     folder = ImageFolder(args.images_dir)  # a bad folder fails before the model load
@@ -153,7 +163,8 @@ def run_annotate(args: argparse.Namespace) -> int:
     model = load_model_ref(ref, args.device, args.seed)
     retrain = RetrainSettings(mode=args.retrain_mode, steps=args.steps, device=args.device, seed=args.seed)
     session = EngineSession(work, args.stage, retrain=retrain, points_per_side=args.points_per_side,
-                            precision=args.precision, device=args.device, seed=args.seed)
+                            precision=args.precision, device=args.device, seed=args.seed,
+                            proposal_pred_iou=args.proposal_pred_iou, proposal_stability=args.proposal_stability)
     app = create_app(model, folder.root, work, labels, model_name=session.model_ref_of(current),
                      cache_size=args.cache_size, everything={"points_per_side": args.points_per_side},
                      allowed_hosts=allowed_hosts(args.host), precision=args.precision, engine=session)

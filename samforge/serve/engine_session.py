@@ -23,7 +23,8 @@ from samforge.engine.rounds import Round, current_round
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.serve.labelled import labelled_samples
-from samforge.serve.proposals import ProposalSource, ProposalStore, strict_source
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
+from samforge.serve.proposals import ProposalSource, ProposalStore, check_fraction, strict_source
 from samforge.utils.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -39,12 +40,14 @@ class EngineSession:
     ``stage``: ``assisted`` (clicks only) or ``semi`` (each image opens with the model's confident proposals).
     ``retrain``: the default settings of a retrain started from the page (its mode and steps may be overridden
     per request). ``proposal_source``: how proposals are made (default :func:`strict_source` on a
-    ``points_per_side`` grid in ``precision``). ``device`` / ``seed``: where new rounds' models are loaded, and the
+    ``points_per_side`` grid in ``precision``); every proposal shown has predicted IoU >= ``proposal_pred_iou`` and
+    stability >= ``proposal_stability`` (the strict 0.9 and 0.95 by default). ``device`` / ``seed``: where new rounds' models are loaded, and the
     seed of random weights (a base without checkpoint)."""
 
     def __init__(self, work: str | Path, stage: str = "assisted", *, retrain: RetrainSettings | None = None,
                  proposal_source: ProposalSource | None = None, points_per_side: int = 16, precision: str = "fp32",
-                 device: str = "cpu", seed: int = 0, say: Callable[[str], None] = print) -> None:
+                 device: str = "cpu", seed: int = 0, say: Callable[[str], None] = print,
+                 proposal_pred_iou: float = PRED_IOU_THRESH, proposal_stability: float = STABILITY_SCORE_THRESH) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if retrain is not None and not isinstance(retrain, RetrainSettings):
@@ -56,7 +59,10 @@ class EngineSession:
         self.work, self.stage, self.device, self.seed, self.say = Path(work), stage, device, seed, say
         self.round = current.index
         self.retrain_defaults = retrain or RetrainSettings(device=device, seed=seed)
-        self.source = proposal_source or strict_source(points_per_side, precision)
+        self.source = proposal_source or strict_source(points_per_side, precision, pred_iou_thresh=proposal_pred_iou,
+                                                       stability_score_thresh=proposal_stability)
+        self.filters = {"pred_iou_thresh": check_fraction(proposal_pred_iou, "proposal_pred_iou"),
+                        "stability_score_thresh": check_fraction(proposal_stability, "proposal_stability")}
         self.annotator: Annotator | None = None
         self.proposals: ProposalStore | None = None
         self.job: RetrainJob | None = None
@@ -75,7 +81,7 @@ class EngineSession:
         self.annotator = annotator
         record = {"images_dir": str(annotator.folder.root), "labels": annotator.store.labels}
         atomic_write_bytes(self.work / ENGINE_FILE, json.dumps(record, indent=2).encode())
-        self.proposals = ProposalStore(self.work, annotator.folder, self.source)
+        self.proposals = ProposalStore(self.work, annotator.folder, self.source, **self.filters)
         self.job = RetrainJob(self.work, lambda: labelled_samples(annotator.store), on_done=self.switch_to,
                               say=self.say)
 

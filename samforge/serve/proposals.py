@@ -36,6 +36,14 @@ REJECTED = "rejected"
 MAX_PROPOSALS = 256
 ProposalSource = Callable[[Sam | SAM2Base, np.ndarray], Sequence[dict]]  # (model, HxWx3 image) -> AMG records
 _ID = re.compile(r"(\d{1,6})-(\d{1,6})")
+STRICT_FILTERS = {"pred_iou_thresh": PRED_IOU_THRESH, "stability_score_thresh": STABILITY_SCORE_THRESH}
+
+
+def check_fraction(value: object, name: str) -> float:
+    """``value`` as a float when it is a number in (0, 1] (a threshold), else ``ValueError`` naming ``name``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 def strict_source(points_per_side: int = 16, precision: str = "fp32", *, pred_iou_thresh: float = PRED_IOU_THRESH,
@@ -58,7 +66,9 @@ def strict_source(points_per_side: int = 16, precision: str = "fp32", *, pred_io
 class ProposalStore:
     """Proposals per image and round under ``work`` (see the module docstring), made by ``source``."""
 
-    def __init__(self, work: str | Path, folder: ImageFolder, source: ProposalSource) -> None:
+    def __init__(self, work: str | Path, folder: ImageFolder, source: ProposalSource, *,
+                 pred_iou_thresh: float = PRED_IOU_THRESH,
+                 stability_score_thresh: float = STABILITY_SCORE_THRESH) -> None:
         if not isinstance(folder, ImageFolder):
             raise TypeError(f"folder must be an ImageFolder, got {type(folder).__name__}")
         if not callable(source):
@@ -68,6 +78,9 @@ class ProposalStore:
         (self.root / REJECTED).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries([self.root / REJECTED])
         self.folder, self.source = folder, source
+        # the filter every proposal shown passes (strict by default); proposals cached under another are made again
+        self.filters = {"pred_iou_thresh": check_fraction(pred_iou_thresh, "pred_iou_thresh"),
+                        "stability_score_thresh": check_fraction(stability_score_thresh, "stability_score_thresh")}
         self._compute_lock = threading.Lock()  # one generation at a time: it keeps the CPU busy
         self._rejected_lock = threading.Lock()
 
@@ -77,18 +90,25 @@ class ProposalStore:
     def _rejected_path(self, name: str) -> Path:
         return self.root / REJECTED / f"{self.folder.get(name).stem}.json"
 
-    def _read(self, path: Path) -> list[dict] | None:
+    def _read(self, path: Path, filters: dict | None = None) -> list[dict] | None:
+        """The proposals of the file at ``path``; None when there is none, it is damaged, or (``filters`` given) it was
+        made under other filters (a file without them was made under the strict ones)."""
         if not path.is_file():
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return None  # damaged: computed again
-        return data.get("proposals") if isinstance(data, dict) and isinstance(data.get("proposals"), list) else None
+        if not isinstance(data, dict) or not isinstance(data.get("proposals"), list):
+            return None
+        if filters is not None and data.get("filters", STRICT_FILTERS) != filters:
+            return None  # made under other thresholds: computed again
+        return data["proposals"]
 
     def cached(self, round_index: int, name: str) -> list[dict] | None:
-        """Round ``round_index``'s proposals of ``name`` if they were computed, else None."""
-        return self._read(self._path(round_index, name))
+        """Round ``round_index``'s proposals of ``name`` if they were computed under this store's filters, else
+        None."""
+        return self._read(self._path(round_index, name), self.filters)
 
     def compute(self, round_index: int, name: str, model: Sam | SAM2Base) -> tuple[list[dict], bool]:
         """(round ``round_index``'s proposals of image ``name``, whether they came from the cache), made with
@@ -100,12 +120,13 @@ class ProposalStore:
             found = self.cached(round_index, name)
             if found is not None:
                 return found, True
-            records = filter_proposals(list(self.source(model, self.folder.read(name))))
+            records = filter_proposals(list(self.source(model, self.folder.read(name))), **self.filters)
             records.sort(key=lambda r: -float(r["predicted_iou"]))
             proposals = [_entry(round_index, k, r) for k, r in enumerate(records[:MAX_PROPOSALS])]
             path = self._path(round_index, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"round": round_index, "image": name, "created": time.time(), "proposals": proposals}
+            doc = {"round": round_index, "image": name, "created": time.time(), "filters": self.filters,
+                   "proposals": proposals}
             atomic_write_bytes(path, json.dumps(doc).encode())
             return proposals, False
 
@@ -134,7 +155,7 @@ class ProposalStore:
 
     def shown(self, proposals: Sequence[dict], accepted: Sequence[dict], rejected: Sequence[dict]) -> list[dict]:
         """``proposals`` minus those overlapping an accepted object's or a rejected mask (COCO RLEs) by IoU > 0.5."""
-        kept = filter_proposals(list(proposals), list(accepted))
+        kept = filter_proposals(list(proposals), list(accepted), **self.filters)
         if not rejected or not kept:
             return kept
         # the strict thresholds were applied when the proposals were made; this pass only removes rejected masks

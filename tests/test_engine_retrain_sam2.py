@@ -134,3 +134,28 @@ def test_sam2_refuses_a_sam_v1_recipe_and_other_bad_input():
     model.config_name = "custom"  # a model of a YAML file: no packaged config to rebuild it from
     with pytest.raises(ValueError, match="packaged config name"):
         sam2_model_record(model)
+
+
+def test_simulate_runs_a_sam2_model(tmp_path):
+    """``engine simulate`` on a SAM 2 base: SAM 2's predictor clicks, its mask generator proposes, its training step
+    retrains (no SAM recipe, no embedding cache), and each round's model loads back as the SAM 2 it trained."""
+    from samforge.data.readers import open_dataset
+    from samforge.engine.simulate import SimulateSettings, simulate
+
+    base = small_sam2(3)
+    base_file = tmp_path / "base.pt"
+    save_training_checkpoint(base_file, model=base.state_dict(), sam_config=sam2_model_record(base), config=QUICK)
+    data = open_dataset("synthetic:5:64")
+    settings = SimulateSettings(rounds=2, images_per_round=2, held_out=1, semi_from=2, retrain_steps=2,
+                                retrain_val_share=0.0, points_per_side=4, lr=1e-3)
+    work = tmp_path / "w"
+    table = simulate(data, "synthetic:5:64", work, ModelRef(NAME, str(base_file)), settings, log=lambda m: None)
+    assert [m["round"] for m in table] == [0, 1, 2] and [m["stage"] for m in table] == ["base", "assisted", "semi"]
+    for m in table[1:]:
+        assert m["retrain_mode"] == "decoder" and m["retrain_steps_done"] == 2 and 1 <= m["clicks_per_object"] <= 20
+        assert 0 <= m["heldout_miou_box"] <= 1 and 1 <= m["heldout_clicks_per_object"] <= 20
+    assert not (work / "embedding_cache").exists()
+    last = current_round(work)
+    model = load_model_ref(last.model.resolved(last.folder))
+    assert isinstance(model, SAM2Base) and model.image_size == 128
+    assert changed(weights(base), model.state_dict())  # the rounds trained it

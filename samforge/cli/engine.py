@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--images-per-round", type=int, required=True, help="new images labelled per round (>= 1)")
     sim.add_argument("--out", required=True, metavar="WORK", help="the engine's work folder")
     sim.add_argument("--model-type", "--model", dest="model_type", default=None, metavar="MODEL",
-                     choices=["default", *SAM_CONFIGS], help="the base model's configuration (SAM v1)")
+                     choices=["default", *SAM_CONFIGS, *SAM2_CONFIGS],
+                     help="the base model's configuration (SAM or SAM 2)")
     sim.add_argument("--checkpoint", default=None, help="the base model's weights (a file or an official name)")
     defaults = SimulateSettings(rounds=1, images_per_round=1)
     sim.add_argument("--held-out", type=int, default=defaults.held_out,

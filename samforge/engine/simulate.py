@@ -18,7 +18,9 @@ a share of the labelled images held out of training to keep the best weights) in
 objects finished by hand, share of objects from accepted proposals, seconds of each part, and, measured on the
 held-out images (which are never labelled), the model's mIoU (box, centre point, after k clicks, NoC at 0.85) and the
 automatic stage's pseudo-labels (strict filters) scored against the truth (:mod:`samforge.engine.pseudo_label_quality`).
-Round 0 measures the base the same way. Labels are kept per image in ``WORK/labels/``; ``WORK/rounds.json`` and
+Round 0 measures the base the same way. SAM and SAM 2 models alike: a SAM 2 model is clicked through its image
+predictor, proposes with its automatic mask generator and retrains with its own training step (the SAM v1
+``retrain_recipe`` and the embedding cache do not apply to it). Labels are kept per image in ``WORK/labels/``; ``WORK/rounds.json`` and
 ``WORK/rounds.png`` sum the rounds up. A rerun continues after the last complete round (with the same settings,
 ``WORK/simulate.json``).
 """
@@ -37,20 +39,23 @@ import torch
 
 from samforge.data.sample import Sample
 from samforge.data.recipes import recipe_settings
+from samforge.engine.model_record import sam2_model_record
 from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals
 from samforge.engine.pseudo_label_quality import pseudo_label_scores
 from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
 from samforge.engine.simulated_annotator import ACCEPT_IOU, TARGET_IOU, annotate_objects, judge_proposals
-from samforge.evaluate.evaluator import evaluate_dataset
+from samforge.evaluate.evaluator import evaluate_dataset, image_predictor_for
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.build import resolve_sam_config
 from samforge.models.sam import Sam
-from samforge.models.sam2 import SAM2_CONFIGS
+from samforge.models.sam2 import SAM2_CONFIGS, SAM2Base
 from samforge.predict.amg_outputs import segmentation_to_mask
 from samforge.predict.automatic_mask_generator import SamAutomaticMaskGenerator
 from samforge.predict.predictor import SamPredictor
+from samforge.predict.sam2_automatic_mask_generator import SAM2AutomaticMaskGenerator
+from samforge.predict.sam2_predictor import SAM2ImagePredictor
 from samforge.train.checkpoint import save_training_checkpoint
 from samforge.utils.atomic import atomic_write_bytes
 
@@ -140,7 +145,7 @@ class _Subset:
         return self.dataset[self.indices[i]]
 
 
-def label_image(predictor: SamPredictor, sample: Sample, proposals: Sequence[dict] | None = None, *,
+def label_image(predictor: SamPredictor | SAM2ImagePredictor, sample: Sample, proposals: Sequence[dict] | None = None, *,
                 target_iou: float = TARGET_IOU, accept_iou: float = ACCEPT_IOU,
                 pred_iou_thresh: float = PRED_IOU_THRESH,
                 stability_score_thresh: float = STABILITY_SCORE_THRESH) -> ImageLabels:
@@ -244,7 +249,7 @@ def _labelled_samples(work: Path, data: Any, indices: Sequence[int]) -> list[Sam
     return out
 
 
-def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -> dict[str, Any]:
+def heldout_miou(model: Sam | SAM2Base, data: Any, indices: Sequence[int], seed: int = 0) -> dict[str, Any]:
     """The model's mIoU on the held-out images (evaluation protocols ``box`` and ``center_point``, mean over
     objects), its mIoU after k clicks of the NoC protocol (``heldout_miou_at_clicks``, keyed by k) and its NoC at
     0.85."""
@@ -254,15 +259,15 @@ def heldout_miou(model: Sam, data: Any, indices: Sequence[int], seed: int = 0) -
             "heldout_noc85": metrics["interactive"]["noc85"]}
 
 
-def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], points_per_side: int,
+def automatic_stage_quality(model: Sam | SAM2Base, data: Any, indices: Sequence[int], points_per_side: int,
                             pred_iou_thresh: float = PRED_IOU_THRESH,
                             stability_score_thresh: float = STABILITY_SCORE_THRESH) -> dict[str, Any]:
     """The automatic stage on images ``indices`` of ``data`` (a ``points_per_side`` grid, the filters: by default
     the strict ones, predicted IoU >= 0.9, stability >= 0.95): its pseudo-labels, best predicted IoU first, scored
     against the true masks (:func:`pseudo_label_scores`: precision and recall at IoU 0.5 and 0.75), with
     ``per_image`` the mean number of pseudo-labels an image got."""
-    generator = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                                          stability_score_thresh=stability_score_thresh)
+    generator = _mask_generator(model)(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                       stability_score_thresh=stability_score_thresh)
     pairs = []
     for i in indices:
         sample = data[i]
@@ -272,11 +277,11 @@ def automatic_stage_quality(model: Sam, data: Any, indices: Sequence[int], point
     return {**scores, "per_image": scores["pseudo_labels"] / max(len(pairs), 1)}
 
 
-def heldout_clicks(model: Sam, data: Any, indices: Sequence[int], target_iou: float) -> float:
+def heldout_clicks(model: Sam | SAM2Base, data: Any, indices: Sequence[int], target_iou: float) -> float:
     """Clicks per object the simulated person needs on images ``indices`` of ``data`` with ``model`` (the NoC rule
     to ``target_iou``, 20 at most): the labelling cost of the same unseen images at every round, where a round's
     own ``clicks_per_object`` is measured on that round's new images."""
-    predictor = SamPredictor(model)
+    predictor = image_predictor_for(model)
     counts: list[int] = []
     for i in indices:
         sample = data[i]
@@ -285,7 +290,12 @@ def heldout_clicks(model: Sam, data: Any, indices: Sequence[int], target_iou: fl
     return float(np.mean(counts)) if counts else 0.0
 
 
-def _measure(model: Sam, data: Any, held: Sequence[int], settings: "SimulateSettings") -> dict[str, Any]:
+def _mask_generator(model: Sam | SAM2Base) -> type:
+    """The automatic mask generator class of ``model``'s family."""
+    return SAM2AutomaticMaskGenerator if isinstance(model, SAM2Base) else SamAutomaticMaskGenerator
+
+
+def _measure(model: Sam | SAM2Base, data: Any, held: Sequence[int], settings: "SimulateSettings") -> dict[str, Any]:
     """A round's measurements on the held-out images: :func:`heldout_miou`, :func:`heldout_clicks` at the run's
     target IoU, the automatic stage's quality (``auto``) and the seconds each took."""
     t0 = time.perf_counter()
@@ -324,10 +334,6 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
     if current_round(work) is None:
         start_round(work, base, [])
         model = load_model_ref(base, device, settings.seed)
-        if not isinstance(model, Sam):
-            raise ValueError(f"engine simulate runs SAM (v1) models (its simulated annotator and measures use SAM's "
-                             f"predictor and mask generator); {base.model_type or base.checkpoint} is SAM 2: "
-                             "retrain a SAM 2 model with `samforge engine retrain` (or annotate's Retrain)")
         metrics = {"round": 0, "stage": "base", **_measure(model, data, held, settings)}
         finish_round(work, 0, metrics)
         log(f"round 0 (base): held-out mIoU box {metrics['heldout_miou_box']:.3f}, NoC@85 "
@@ -339,9 +345,12 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         names = [data[i].name for i in images]
         start_round(work, ModelRef(base.model_type, ROUND_CHECKPOINT), names)
         model = load_model_ref(cur.model.resolved(cur.folder), device, settings.seed)
+        sam2 = isinstance(model, SAM2Base)  # its own predictor, mask generator and training step (no SAM recipe)
+        if sam2:
+            record = {**record, "sam_config": sam2_model_record(model)}  # rebuilt exactly, overrides included
         stage = "semi" if r >= settings.semi_from else "assisted"
-        predictor = SamPredictor(model)
-        generator = SamAutomaticMaskGenerator(model, points_per_side=settings.points_per_side) if stage == "semi" \
+        predictor = image_predictor_for(model)
+        generator = _mask_generator(model)(model, points_per_side=settings.points_per_side) if stage == "semi" \
             else None
         new = images[(r - 1) * settings.images_per_round:]
         clicks, accepted, shown, hand, t0 = [], 0, 0, 0, time.perf_counter()
@@ -359,10 +368,10 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
             hand += labels.hand_finished
         annotate_s = time.perf_counter() - t0
         train, val = _split_labelled(_labelled_samples(work, data, images), settings.retrain_val_share)
-        cache = work / "embedding_cache" if settings.retrain_mode == "decoder" else None
+        cache = work / "embedding_cache" if settings.retrain_mode == "decoder" and not sam2 else None
         result = run_retrain(model, train, settings.retrain_steps, cache, lr=settings.lr,
                              seed=settings.seed + r, train_config=record.get("config"), mode=settings.retrain_mode,
-                             recipe=settings.retrain_recipe, warmup_steps=min(20, settings.retrain_steps // 10),
+                             recipe=None if sam2 else settings.retrain_recipe, warmup_steps=min(20, settings.retrain_steps // 10),
                              min_lr_ratio=0.1, val_samples=val, val_every=settings.retrain_val_every)
         folder = work / "rounds" / str(r)
         save_training_checkpoint(folder / ROUND_CHECKPOINT, model=model.state_dict(), **record)

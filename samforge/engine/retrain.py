@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +31,7 @@ import torch
 
 from samforge.data.recipes import recipe_settings
 from samforge.data.sample import Sample
+from samforge.engine.keep_best import KeepBest, config_section
 from samforge.engine.retrain_sam2 import run_retrain_sam2
 from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import has_lora, merge_lora
@@ -220,7 +221,7 @@ class _Validation:
         data = TrainingSamples(_Labelled(samples), model.image_encoder.img_size, MAX_OBJECTS, seed=seed)
         self.batches = [b for b in (collate_samples([data[(i, 0)]]) for i in range(len(data))) if len(b["masks"])]
         self.seed = seed
-        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.keep = KeepBest(model)
 
     def __call__(self, steps_done: int, result: RetrainResult) -> None:
         if not self.batches:
@@ -234,19 +235,11 @@ class _Validation:
                                   for i, b in enumerate(self.batches)]))
         self.model.train(was_training)
         result.val_losses.append((steps_done, loss))
-        if self.best is None or loss < self.best[0]:
-            weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            self.best = (loss, steps_done, weights)
+        self.keep.offer(loss, steps_done)
 
     def restore_best(self) -> int:
         """Put the best-scoring trained weights back into the model; the steps they had."""
-        if self.best is None:
-            return 0
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.best[2].items():
-                params[name].copy_(value)
-        return self.best[1]
+        return self.keep.restore()
 
 
 def _objective(train_config: Mapping[str, Any] | None, recipe: str | None = None) -> tuple[LossConfig, PromptConfig]:
@@ -262,16 +255,7 @@ def _recorded_objective(train_config: Mapping[str, Any] | None) -> tuple[LossCon
     """The loss and (simulated) prompt settings of a recorded training config, else the defaults."""
     if train_config is None:
         return LossConfig(), PromptConfig()
-    if not isinstance(train_config, Mapping):
-        raise TypeError(f"train_config must be a dict (a checkpoint's recorded config) or None, got "
-                        f"{type(train_config).__name__}")
-
-    def section(cls: type, name: str) -> Any:
-        given = train_config.get(name) or {}
-        if not isinstance(given, Mapping):
-            raise ValueError(f"train_config['{name}'] must be a dict, got {type(given).__name__}")
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
-
-    loss, prompts = section(LossConfig, "loss"), section(PromptConfig, "prompts")
+    loss = config_section(train_config, LossConfig, "loss")
+    prompts = config_section(train_config, PromptConfig, "prompts")
     prompts.source = "simulated"  # the labels carry no stored prompts
     return loss, prompts

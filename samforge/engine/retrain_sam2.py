@@ -21,7 +21,6 @@ Validation and keep-best, the warmup/cosine schedule and ``max_seconds`` are tho
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 
 from samforge.data.clip_dataset import ImageClipDataset
 from samforge.data.sample import Sample
+from samforge.engine.keep_best import KeepBest, config_section
 from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam2 import SAM2Base
@@ -117,19 +117,9 @@ def sam2_objective(train_config: Mapping[str, Any] | None) -> tuple[LossConfig, 
     model, so a round could not keep them)."""
     if train_config is None:
         return LossConfig(), Sam2PromptConfig()
-    if not isinstance(train_config, Mapping):
-        raise TypeError(f"train_config must be a dict (a checkpoint's recorded config) or None, got "
-                        f"{type(train_config).__name__}")
-
-    def section(cls: type, name: str) -> Any:
-        given = train_config.get(name) or {}
-        if not isinstance(given, Mapping):
-            raise ValueError(f"train_config['{name}'] must be a dict, got {type(given).__name__}")
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
-
-    loss = section(LossConfig, "loss")
+    loss = config_section(train_config, LossConfig, "loss")
     loss.learned_weighting = False
-    return loss, section(Sam2PromptConfig, "sam2_prompts")
+    return loss, config_section(train_config, Sam2PromptConfig, "sam2_prompts")
 
 
 class _Sam2Validation:
@@ -147,7 +137,7 @@ class _Sam2Validation:
                     self.batches.append(collate_clips([data[(i, 0)]]))
                 except ValueError:  # no object survives resizing: nothing to validate on this image
                     pass
-        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.keep = KeepBest(forward.sam)
 
     def __call__(self, steps_done: int, result: Any) -> None:
         if not self.batches:
@@ -161,16 +151,8 @@ class _Sam2Validation:
                                   for i, b in enumerate(self.batches)]))
         model.train(was_training)
         result.val_losses.append((steps_done, loss))
-        if self.best is None or loss < self.best[0]:
-            weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            self.best = (loss, steps_done, weights)
+        self.keep.offer(loss, steps_done)
 
     def restore_best(self) -> int:
         """Put the best-scoring trained weights back into the model; the steps they had."""
-        if self.best is None:
-            return 0
-        params = dict(self.forward.sam.named_parameters())
-        with torch.no_grad():
-            for name, value in self.best[2].items():
-                params[name].copy_(value)
-        return self.best[1]
+        return self.keep.restore()

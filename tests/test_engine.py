@@ -392,7 +392,8 @@ ROUND_KEYS = {"round": int, "stage": str, "images": int, "objects": int, "clicks
               "heldout_noc85": float, "heldout_clicks_per_object": float, "eval_seconds": float, "auto": dict,
               "auto_seconds": float}
 MEASURED = {"heldout_miou_box", "heldout_miou_point", "heldout_miou_at_clicks", "heldout_noc85",
-            "heldout_clicks_per_object", "eval_seconds", "auto", "auto_seconds"}  # each round's measurements on the held-out images, the base's (round 0) too
+            "heldout_clicks_per_object", "eval_seconds", "auto", "auto_seconds"}
+# (MEASURED: each round's measurements on the held-out images, the base's (round 0) too)
 AUTO_KEYS = {"pseudo_labels", "objects", "per_image", "precision@0.5", "recall@0.5", "precision@0.75", "recall@0.75"}
 
 

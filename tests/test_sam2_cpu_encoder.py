@@ -1,6 +1,6 @@
 """SAM 2's chunked float32 encoder copy (``precision="fp32-fast"`` on a CPU, issue #25): the model's own outputs to
 float32 rounding, the model's tensors shared (trained weights seen at once), rebuilt when a tensor is replaced, the
-the path every SAM 2 predictor's encoder call takes, and bad input refused. No timings here (benchmarks/cpu_speed.py)."""
+path every SAM 2 predictor's encoder call takes, and bad input refused. No timings here (benchmarks/cpu_speed.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def test_copy_computes_the_encoder_and_shares_its_tensors(sam2_small, fresh_cach
     fast = fast_sam2_encoder(encoder)
     assert all(type(b) is ChunkedHieraBlock for b in fast.trunk.blocks)
     assert fast_sam2_encoder(encoder) is fast  # built once
-    x = torch.randn(1, 3, sam2_small[0].image_size, sam2_small[0].image_size, generator=torch.Generator().manual_seed(3))
+    size = sam2_small[0].image_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
     assert_same(encode(fast, x), encode(encoder, x))
     own = dict(encoder.named_parameters())
     assert all(p is own[n] for n, p in fast.named_parameters())  # no copy of a weight

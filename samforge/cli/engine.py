@@ -127,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"grid of the automatic masks proposed (default {defaults.points_per_side})")
     sim.add_argument("--target-iou", type=float, default=defaults.target_iou,
                      help="the simulated person clicks an object until its mask reaches this IoU, else finishes it "
-                     f"by hand (default {defaults.target_iou}, the SAM paper's; lower for a model that cannot reach it)")
+                     f"by hand (default {defaults.target_iou}, the SAM paper's; lower for a model that cannot "
+                     "reach it)")
     sim.add_argument("--accept-iou", type=float, default=defaults.accept_iou,
                      help=f"a proposal is accepted when it matches a true object at this IoU (default "
                      f"{defaults.accept_iou})")

@@ -56,8 +56,8 @@ def register(jobs: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain-mode", default=DEFAULTS.mode, choices=MODES,
                    help=f"what a retrain started from the page trains, as retrain's --mode (default {DEFAULTS.mode})")
     p.add_argument("--proposal-pred-iou", type=float, default=PRED_IOU_THRESH,
-                   help=f"semi stage: proposals have at least this predicted IoU (default {PRED_IOU_THRESH}, the strict "
-                   "filter; lower it for a model whose IoU head never predicts that high)")
+                   help=f"semi stage: proposals have at least this predicted IoU (default {PRED_IOU_THRESH}, the "
+                   "strict filter; lower it for a model whose IoU head never predicts that high)")
     p.add_argument("--proposal-stability", type=float, default=STABILITY_SCORE_THRESH,
                    help=f"... and at least this stability score (default {STABILITY_SCORE_THRESH})")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -11,18 +11,17 @@ held-out images) and labels every object with the current model (round ``r - 1``
   (:func:`filter_proposals`) are judged (:func:`judge_proposals`); accepted ones are labels without a click, the
   objects no proposal matched are clicked.
 
-Then the model is fine-tuned on the labels so far (:func:`samforge.engine.retrain.run_retrain` in ``retrain_mode``:
-the mask decoder by default, else LoRA adapters plus the decoder or every weight; the interactive ``retrain_recipe``,
-a share of the labelled images held out of training to keep the best weights) into
-``WORK/rounds/<r>/model.pt``, and the round's metrics complete it (:mod:`samforge.engine.rounds`): clicks per object,
-objects finished by hand, share of objects from accepted proposals, seconds of each part, and, measured on the
-held-out images (which are never labelled), the model's mIoU (box, centre point, after k clicks, NoC at 0.85) and the
-automatic stage's pseudo-labels (strict filters) scored against the truth (:mod:`samforge.engine.pseudo_label_quality`).
-Round 0 measures the base the same way. SAM and SAM 2 models alike: a SAM 2 model is clicked through its image
-predictor, proposes with its automatic mask generator and retrains with its own training step (the SAM v1
-``retrain_recipe`` and the embedding cache do not apply to it). Labels are kept per image in ``WORK/labels/``; ``WORK/rounds.json`` and
-``WORK/rounds.png`` sum the rounds up. A rerun continues after the last complete round (with the same settings,
-``WORK/simulate.json``).
+Then the model is fine-tuned on the labels so far (:func:`samforge.engine.retrain.run_retrain` in ``retrain_mode``: the
+mask decoder by default, else LoRA adapters plus the decoder or every weight; the interactive ``retrain_recipe``, a
+share of the labelled images held out of training to keep the best weights) into ``WORK/rounds/<r>/model.pt``, and the
+round's metrics complete it (:mod:`samforge.engine.rounds`): clicks per object, objects finished by hand, share of
+objects from accepted proposals, seconds of each part, and, measured on the held-out images (which are never labelled),
+the model's mIoU (box, centre point, after k clicks, NoC at 0.85) and the automatic stage's pseudo-labels (strict
+filters) scored against the truth (:mod:`samforge.engine.pseudo_label_quality`). Round 0 measures the base the same way.
+SAM and SAM 2 models alike: a SAM 2 model is clicked through its image predictor, proposes with its automatic mask
+generator and retrains with its own training step (the SAM v1 ``retrain_recipe`` and the embedding cache do not apply to
+it). Labels are kept per image in ``WORK/labels/``; ``WORK/rounds.json`` and ``WORK/rounds.png`` sum the rounds up. A
+rerun continues after the last complete round (with the same settings, ``WORK/simulate.json``).
 """
 
 from __future__ import annotations
@@ -145,7 +144,8 @@ class _Subset:
         return self.dataset[self.indices[i]]
 
 
-def label_image(predictor: SamPredictor | SAM2ImagePredictor, sample: Sample, proposals: Sequence[dict] | None = None, *,
+def label_image(predictor: SamPredictor | SAM2ImagePredictor, sample: Sample,
+                proposals: Sequence[dict] | None = None, *,
                 target_iou: float = TARGET_IOU, accept_iou: float = ACCEPT_IOU,
                 pred_iou_thresh: float = PRED_IOU_THRESH,
                 stability_score_thresh: float = STABILITY_SCORE_THRESH) -> ImageLabels:
@@ -371,7 +371,8 @@ def simulate(data: Any, spec: str, work: str | Path, base: ModelRef, settings: S
         cache = work / "embedding_cache" if settings.retrain_mode == "decoder" and not sam2 else None
         result = run_retrain(model, train, settings.retrain_steps, cache, lr=settings.lr,
                              seed=settings.seed + r, train_config=record.get("config"), mode=settings.retrain_mode,
-                             recipe=None if sam2 else settings.retrain_recipe, warmup_steps=min(20, settings.retrain_steps // 10),
+                             recipe=None if sam2 else settings.retrain_recipe,
+                             warmup_steps=min(20, settings.retrain_steps // 10),
                              min_lr_ratio=0.1, val_samples=val, val_every=settings.retrain_val_every)
         folder = work / "rounds" / str(r)
         save_training_checkpoint(folder / ROUND_CHECKPOINT, model=model.state_dict(), **record)

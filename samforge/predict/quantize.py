@@ -157,15 +157,15 @@ float32 anyway."""
 SAM2_WEIGHT_BITS = 8
 """SAM 2's image encoder is quantised with 8-bit weights and 7-bit activations (``Int8Linear(weight_bits=8)``) and run
 chunked (:mod:`samforge.predict.hiera_int8`). Measured 2026-12-04 (AMD EPYC, AVX2 only, 2 cores shared, load 6-10;
-benchmarks/cpu_speed.py's 24 masks on perturbed random weights, mean IoU against our fp32): what moves Hiera's masks
-is the weights' rounding, a change every token sees alike, not the activations', which differs token to token. With
-float activations and only the weights rounded per channel, sam2.1_hiera_t gives 0.940 at 7 bits (as w7/a8 int8 does:
-0.940), 0.969 at 8 bits, 0.988 at 9, 0.995 for bf16 weights; 1% Gaussian noise on the weights gives 0.969. w8/a7:
-hiera_t 0.960 (0.956-0.966 as chunking and threads change the rounding: the metric's own noise), hiera_s 0.952 (both
-0.940 with w7/a8); with the mean correction (:class:`Int8Linear`) 0.969 and 0.953. No single block kept float moves it by more than that noise. Speed (``cpu_speed.py --repeats 2
---precisions int8``, two runs, load 8-10): hiera_t 1.48x / 1.54x the official fp32 ``set_image``, hiera_s 1.53x / 1.54x
-(before: 1.03x / 1.02x at load 10); alternating in one process with the previous int8 copy (w7/a8, unchunked):
-hiera_t 1.22x -> 1.51x, hiera_s 1.30x -> 1.44x (1 thread: 1.21x -> 1.55x)."""
+benchmarks/cpu_speed.py's 24 masks on perturbed random weights, mean IoU against our fp32): what moves Hiera's masks is
+the weights' rounding, a change every token sees alike, not the activations', which differs token to token. With float
+activations and only the weights rounded per channel, sam2.1_hiera_t gives 0.940 at 7 bits (as w7/a8 int8 does: 0.940),
+0.969 at 8 bits, 0.988 at 9, 0.995 for bf16 weights; 1% Gaussian noise on the weights gives 0.969. w8/a7: hiera_t 0.960
+(0.956-0.966 as chunking and threads change the rounding: the metric's own noise), hiera_s 0.952 (both 0.940 with
+w7/a8); with the mean correction (:class:`Int8Linear`) 0.969 and 0.953. No single block kept float moves it by more than
+that noise. Speed (``cpu_speed.py --repeats 2 --precisions int8``, two runs, load 8-10): hiera_t 1.48x / 1.54x the
+official fp32 ``set_image``, hiera_s 1.53x / 1.54x (before: 1.03x / 1.02x at load 10); alternating in one process with
+the previous int8 copy (w7/a8, unchunked): hiera_t 1.22x -> 1.51x, hiera_s 1.30x -> 1.44x (1 thread: 1.21x -> 1.55x)."""
 
 
 def float_linears(encoder: nn.Module, blocks: int = FLOAT_BLOCKS) -> tuple[str, ...]:

@@ -41,13 +41,14 @@ class EngineSession:
     ``retrain``: the default settings of a retrain started from the page (its mode and steps may be overridden
     per request). ``proposal_source``: how proposals are made (default :func:`strict_source` on a
     ``points_per_side`` grid in ``precision``); every proposal shown has predicted IoU >= ``proposal_pred_iou`` and
-    stability >= ``proposal_stability`` (the strict 0.9 and 0.95 by default). ``device`` / ``seed``: where new rounds' models are loaded, and the
-    seed of random weights (a base without checkpoint)."""
+    stability >= ``proposal_stability`` (the strict 0.9 and 0.95 by default). ``device`` / ``seed``: where new
+    rounds' models are loaded, and the seed of random weights (a base without checkpoint)."""
 
     def __init__(self, work: str | Path, stage: str = "assisted", *, retrain: RetrainSettings | None = None,
                  proposal_source: ProposalSource | None = None, points_per_side: int = 16, precision: str = "fp32",
                  device: str = "cpu", seed: int = 0, say: Callable[[str], None] = print,
-                 proposal_pred_iou: float = PRED_IOU_THRESH, proposal_stability: float = STABILITY_SCORE_THRESH) -> None:
+                 proposal_pred_iou: float = PRED_IOU_THRESH,
+                 proposal_stability: float = STABILITY_SCORE_THRESH) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if retrain is not None and not isinstance(retrain, RetrainSettings):

@@ -31,7 +31,7 @@ import torch
 
 from samforge.data.recipes import recipe_settings
 from samforge.data.sample import Sample
-from samforge.engine.keep_best import KeepBest, config_section
+from samforge.engine.keep_best import KeepBest, config_section, keep_best_weights, run_steps
 from samforge.engine.retrain_sam2 import run_retrain_sam2
 from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import has_lora, merge_lora
@@ -179,31 +179,20 @@ def run_retrain(
     result = RetrainResult([], mode=mode, trainable=plan.trainable)
     validate(0, result)
     model.train()
+
+    def step_loss(step: int) -> torch.Tensor | None:
+        chosen = rng.choice(len(data), min(batch_size, len(data)), replace=False)
+        batch = collate_samples([data[(int(i), step)] for i in chosen])
+        if len(batch["masks"]) == 0:
+            return None  # every object vanished at the model's input size
+        return training_losses(model, batch, prompt_cfg, loss_fn, rng, loss_cfg.resolution, embed=cache)["loss"]
+
     try:
-        for step in range(steps):
-            if max_seconds is not None and result.losses and time.perf_counter() - start > max_seconds:
-                break
-            chosen = rng.choice(len(data), min(batch_size, len(data)), replace=False)
-            batch = collate_samples([data[(int(i), step)] for i in chosen])
-            if len(batch["masks"]) == 0:
-                continue  # every object vanished at the model's input size
-            out = training_losses(model, batch, prompt_cfg, loss_fn, rng, loss_cfg.resolution, embed=cache)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            out.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            result.losses.append(float(out.detach()))
-            if len(result.losses) % val_every == 0:
-                validate(len(result.losses), result)
+        run_steps(steps, step_loss, params, optimizer, schedule, result, validate, val_every, start, max_seconds)
     finally:
         model.eval()
         set_checkpoint_blocks(encoder_blocks_owner(model), 0)  # inference as a model loaded from disk runs
-    if not result.losses:
-        raise ValueError("no object of the labelled images survives resizing to the model's input: nothing trained")
-    if result.val_losses and result.val_losses[-1][0] != len(result.losses):
-        validate(len(result.losses), result)
-    result.kept_step = validate.restore_best() if validate.batches else len(result.losses)
+    keep_best_weights(result, validate)
     if mode == "lora":
         merge_lora(model)  # a plain SAM again: the round's model is one ordinary checkpoint
     result.seconds = time.perf_counter() - start

@@ -28,7 +28,7 @@ import torch
 
 from samforge.data.clip_dataset import ImageClipDataset
 from samforge.data.sample import Sample
-from samforge.engine.keep_best import KeepBest, config_section
+from samforge.engine.keep_best import KeepBest, config_section, keep_best_weights, run_steps
 from samforge.models.checkpointing import set_checkpoint_blocks
 from samforge.models.lora import has_lora, merge_lora
 from samforge.models.sam2 import SAM2Base
@@ -79,32 +79,21 @@ def run_retrain_sam2(model: SAM2Base, samples: Sequence[Sample], *, lr: float, b
     try:
         validate(0, result)
         model.train()
-        for step in range(steps):
-            if max_seconds is not None and result.losses and time.perf_counter() - start > max_seconds:
-                break
+
+        def step_loss(step: int) -> torch.Tensor | None:
             chosen = rng.choice(len(data), min(batch_size, len(data)), replace=False)
             try:
                 batch = collate_clips([data[(int(i), step)] for i in chosen])
             except ValueError:  # no image of the draw keeps an object at the model's input size
-                continue
-            out = forward(batch, rng, loss_cfg.resolution)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            out.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            result.losses.append(float(out.detach()))
-            if len(result.losses) % val_every == 0:
-                validate(len(result.losses), result)
+                return None
+            return forward(batch, rng, loss_cfg.resolution)["loss"]
+
+        run_steps(steps, step_loss, params, optimizer, schedule, result, validate, val_every, start, max_seconds)
     finally:
         model.eval()
         model.gate_masks_in_training = gate_before
         set_checkpoint_blocks(encoder_blocks_owner(model), 0)  # inference as a model loaded from disk runs
-    if not result.losses:
-        raise ValueError("no object of the labelled images survives resizing to the model's input: nothing trained")
-    if result.val_losses and result.val_losses[-1][0] != len(result.losses):
-        validate(len(result.losses), result)
-    result.kept_step = validate.restore_best() if validate.batches else len(result.losses)
+    keep_best_weights(result, validate)
     if mode == "lora":
         merge_lora(model)  # a plain SAM 2 again: the round's model is one ordinary checkpoint
     result.seconds = time.perf_counter() - start

@@ -67,7 +67,8 @@ def plain_round_losses(model, batch, cfg, loss_fn, rng, draw_like: PromptConfig 
                                           multimask_output=r == 0 and coords.shape[1] == 1)
         out = loss_fn(low_res, iou, targets)
         losses.append(out["loss"])
-        mask_input = low_res[torch.arange(len(gts)), out["best"]][:, None].detach()
+        chosen = out["best"] if cfg.next_mask == "lowest_loss" else iou.detach().argmax(dim=1)
+        mask_input = low_res[torch.arange(len(gts)), chosen][:, None].detach()
         full = F.interpolate(mask_input, (64, 64), mode="bilinear", align_corners=False)
         pred_np = (full[:, 0] > 0).numpy()
     return losses
@@ -134,7 +135,9 @@ def test_objects_above_the_target_iou_leave_the_later_rounds_and_only_they(monke
         def forward(self, logits, iou_pred, targets):
             out = super().forward(logits, iou_pred, targets)
             seen_targets.append(targets.clone())
-            out["true_iou"] = torch.tensor(next(fake))
+            ious = torch.tensor(next(fake))
+            out["true_iou"] = ious
+            out["candidate_iou"] = ious[:, None].expand_as(out["candidate_iou"]).clone()
             return out
 
     seen_targets: list[torch.Tensor] = []
@@ -146,6 +149,36 @@ def test_objects_above_the_target_iou_leave_the_later_rounds_and_only_they(monke
     assert torch.equal(seen_targets[1], full[[1, 3]]) and torch.equal(seen_targets[2], full[[1]])
     # each object counts with its IoU in the last round it took part in
     assert out["miou_last_round"].item() == pytest.approx(np.mean([0.95, 0.20, 0.92, 0.91]))
+
+
+@pytest.mark.parametrize("next_mask", ["lowest_loss", "most_confident"])
+def test_the_next_round_gets_the_candidate_that_next_mask_names(monkeypatch, next_mask):
+    """After a multimask first click, the next round's mask input is the lowest-loss candidate's logits or the
+    most confident one's (the highest predicted IoU, as the SAM paper and the evaluation pick it)."""
+    model = tiny_model()
+    gts = batch_of_four()["masks"]
+    h = model.prompt_encoder.mask_input_size[0]
+    target = F.interpolate(gts.float()[:, None], (h, h), mode="area")[:, 0]
+    # candidate 0: the object itself (lowest loss), 1: nothing, 2: everything; the model is most confident of 2
+    first = torch.stack([target * 20 - 10, torch.full_like(target, -10.0), torch.full_like(target, 10.0)], dim=1)
+    confidence = torch.tensor([[0.2, 0.1, 0.9]]).expand(4, 3).clone()
+    seen: list = []
+    original = step_module._decode_once
+
+    def scripted(model, embeddings, points, boxes, mask_input, multimask, image_pe):
+        seen.append(None if mask_input is None else mask_input.detach().clone())
+        low_res, iou = original(model, embeddings, points, boxes, mask_input, multimask, image_pe)
+        if len(seen) == 1:
+            return low_res + (first - low_res).detach(), iou + (confidence - iou).detach()
+        return low_res, iou
+
+    monkeypatch.setattr(step_module, "_decode_once", scripted)
+    cfg = settings("sam", box_prob=0.0, correction_rounds=1, mask_only_rounds=0, mask_only_random=False,
+                   next_mask=next_mask)
+    training_losses(model, batch_of_four(), cfg, SamLoss(), np.random.default_rng(0), "low_res")
+    assert len(seen) == 2 and seen[0] is None
+    expected = first[:, 0] if next_mask == "lowest_loss" else first[:, 2]
+    torch.testing.assert_close(seen[1][:, 0], expected)
 
 
 def test_round_survivors_keep_exactly_the_objects_below_the_target_and_cap_after_the_first():
@@ -205,6 +238,8 @@ def test_sam_fast_has_fewer_rounds_of_the_same_kinds_and_backpropagates_three():
     (["prompts.loss_rounds=-2"], r"prompts.loss_rounds must be a finite number >= -1, got -2"),
     (["prompts.round_objects=-1"], r"prompts.round_objects must be a finite number >= 0, got -1"),
     (["prompts.loss_rounds=two"], r"prompts\.loss_rounds"),
+    (["prompts.next_mask=best"],
+     r"prompts.next_mask must be one of \('lowest_loss', 'most_confident'\), got 'best'"),
 ])
 def test_bad_cheap_round_settings_are_named(overrides, match):
     with pytest.raises(ValueError, match=match):

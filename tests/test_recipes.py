@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import samforge.train.step as step_module
-from samforge.data.prompts import jitter_box, mask_to_box, sample_points
+from samforge.data.prompts import correction_click, jitter_box, mask_to_box, sample_points
 from samforge.data.readers import open_dataset
-from samforge.data.recipes import RECIPES, first_prompts, recipe_settings, round_schedule
+from samforge.data.recipes import RECIPES, correction_clicks, first_prompts, recipe_settings, round_schedule
 from samforge.evaluate import evaluate_dataset
 from samforge.models.build import build_sam
 from samforge.models.configs import SAM_CONFIGS
@@ -199,6 +199,43 @@ def test_sam_rounds_are_8_clicks_and_2_mask_only_one_at_a_random_place_and_one_a
         assert len(inner) == 1 and 1 <= inner[0] <= 8 and rounds[inner[0] + 1]  # among the click rounds
         places.add(inner[0])
     assert len(places) >= 5
+
+
+def _errors(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions that miss a thick band of each square (false negatives) and add a thin sliver outside it
+    (false positives), so the larger and the deeper error region are both the false negatives."""
+    gts = np.stack([square(96, 20 + k, 70 + k) for k in range(n)])
+    preds = gts.copy()
+    preds[:, :, 45:] = False
+    preds[:, 10:12, :] = True
+    return preds, gts
+
+
+def test_interior_clicks_choose_between_the_evaluations_click_and_a_uniform_one():
+    preds, gts = _errors()
+    interior = np.stack([correction_click(p, g)[0] for p, g in zip(preds, gts)])
+    for p in (0.0, 1.0):
+        xy, labels = correction_clicks(preds, gts, settings("sam_fast", interior_clicks=p), np.random.default_rng(0))
+        assert xy.shape == (len(gts), 1, 2) and labels.shape == (len(gts), 1)
+        fn = gts & ~preds
+        assert all(fn[m, int(y), int(x)] for m, (x, y) in enumerate(xy[:, 0])) and (labels == 1).all()
+        assert (xy[:, 0] == interior).all() == (p == 1.0)
+    # a mix: about the stated share of clicks are the interior ones
+    cfg = settings("sam_fast", interior_clicks=0.3)
+    rng = np.random.default_rng(1)
+    hits = sum(int((correction_clicks(preds, gts, cfg, rng)[0][:, 0] == interior).all(axis=1).sum()) for _ in range(100))
+    assert 0.2 < hits / (100 * len(gts)) < 0.4
+    # off, no number is drawn beyond the uniform clicks' own: runs from before the key stay the same
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    xy0, _ = correction_clicks(preds, gts, settings("sam_fast"), a)
+    assert (xy0[:, 0] == np.stack([correction_click(p, g, b)[0] for p, g in zip(preds, gts)])).all()
+    with pytest.raises(ValueError, match="two N x H x W masks"):
+        correction_clicks(preds[0], gts[0], cfg, rng)
+
+
+def test_interior_clicks_out_of_range_is_named():
+    with pytest.raises(ValueError, match=r"prompts.interior_clicks must be a finite number in \[0, 1\], got 1.5"):
+        load_config(None, ["prompts.interior_clicks=1.5"])
 
 
 def test_a_sam_training_step_decodes_its_rounds_with_clicks_only_where_due(monkeypatch):

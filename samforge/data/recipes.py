@@ -7,7 +7,8 @@ A recipe is a preset of the prompt settings (``prompts.*`` of the training confi
   clicks and 1 mask-only round at the end.
 * ``sam``: the SAM paper's interactive training: a point or a box (noise std 10% of the side, at most 20 px), 8
   rounds each adding a click from the error region with the previous low-res logits as mask input, and 2 mask-only
-  rounds, one at a random position among the click rounds and one at the end; one click asks for 3 masks.
+  rounds, one at a random position among the click rounds and one at the end; one click asks for 3 masks, and the
+  most confident of them (the highest predicted IoU) is the one fed back.
 * ``medsam``: MedSAM's box-only recipe: the tight box moved outward by 0 to 5 px per side (uniform), no clicks.
 * ``box_points``: a box plus K=5 positive points inside the object (LoRA fine-tuning repositories).
 * ``seed000``: 1-2 positive points jittered by up to 2 px inside the object, a negative point outside it with
@@ -21,7 +22,11 @@ A recipe is a preset of the prompt settings (``prompts.*`` of the training confi
 Three keys make the rounds cheap without changing what a round is (all off in the other recipes):
 ``loss_rounds`` (rounds after the first that carry a loss; the rounds' losses only reach the weights through
 their own decoder pass, since the previous logits are fed back detached, so leaving a round out of the loss is
-running it without gradient), ``stop_iou`` and ``round_objects``.
+running it without gradient), ``stop_iou`` and ``round_objects``. Two more say what a round builds on:
+``interior_clicks`` (the share of correction clicks placed at the deepest point of the error, as the evaluation
+places them, instead of uniformly in it) and ``next_mask`` (after a multimask round, the candidate whose logits go
+on: ``lowest_loss``, the one trained on, or ``most_confident``, the highest predicted IoU, as the SAM paper feeds
+back and as a tool picks for its user).
 
 The functions here sample what a recipe says; ``settings`` is any object with the ``prompts.*`` attributes
 (:class:`samforge.train.config.PromptConfig`).
@@ -33,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from samforge.data.prompts import jitter_box, mask_to_box, sample_negative_points, sample_points
+from samforge.data.prompts import correction_click, jitter_box, mask_to_box, sample_negative_points, sample_points
 
 
 class PromptSettings(Protocol):
@@ -55,6 +60,8 @@ class PromptSettings(Protocol):
     loss_rounds: int
     stop_iou: float
     round_objects: int
+    interior_clicks: float
+    next_mask: str
 
 
 DEFAULT: dict[str, Any] = {
@@ -74,20 +81,24 @@ DEFAULT: dict[str, Any] = {
     "loss_rounds": -1,  # rounds after the first with a loss: the last + random others, the rest without grad; -1 all
     "stop_iou": 0.0,  # an object whose mask reaches this IoU leaves the later rounds (0: never)
     "round_objects": 0,  # at most this many objects (drawn at random) go on to the rounds after the first (0: all)
+    "interior_clicks": 0.0,  # probability of a correction click at the error's deepest point (else uniform in it)
+    "next_mask": "lowest_loss",  # the multimask candidate the next round gets: lowest_loss | most_confident
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": dict(DEFAULT),
-    "sam": {**DEFAULT, "correction_rounds": 8, "mask_only_rounds": 2, "mask_only_random": True},
+    "sam": {**DEFAULT, "correction_rounds": 8, "mask_only_rounds": 2, "mask_only_random": True,
+            "next_mask": "most_confident"},
     "medsam": {**DEFAULT, "box_prob": 1.0, "box_jitter": "outward", "box_outward_max": 5.0,
                "correction_rounds": 0, "mask_only_rounds": 0},
     "box_points": {**DEFAULT, "box_prob": 1.0, "box_points": 5, "correction_rounds": 0, "mask_only_rounds": 0},
     "seed000": {**DEFAULT, "box_prob": 0.1, "min_points": 1, "max_points": 2, "point_jitter": 2.0,
                 "negative_prob": 0.3, "correction_rounds": 0, "mask_only_rounds": 0},
     "sam_fast": {**DEFAULT, "correction_rounds": 5, "mask_only_rounds": 1, "mask_only_random": True,
-                 "loss_rounds": 2, "stop_iou": 0.9, "round_objects": 8},
+                 "loss_rounds": 2, "stop_iou": 0.9, "round_objects": 8, "next_mask": "most_confident"},
 }
 BOX_JITTERS = ("gaussian", "outward")
+NEXT_MASKS = ("lowest_loss", "most_confident")
 
 
 def recipe_settings(name: str) -> dict[str, Any]:
@@ -158,6 +169,20 @@ def first_prompts(gts: np.ndarray, settings: PromptSettings, rng: np.random.Gene
     for n, (xy, lab) in enumerate(per_object):
         coords[n, : len(xy)], labels[n, : len(lab)] = xy, lab
     return coords, labels, None
+
+
+def correction_clicks(preds: np.ndarray, gts: np.ndarray, settings: PromptSettings,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One correction click per object for the N x H x W bool masks ``preds`` against ``gts``: coords N x 1 x 2 and
+    labels N x 1 (1 in a false negative, 0 in a false positive). Each click is, with probability
+    ``settings.interior_clicks``, the deepest point of the deepest error region (the evaluation's click; RITM's
+    iterative training), else drawn uniformly from the larger error region (SAM's training); with
+    ``interior_clicks`` 0 no extra number is drawn from ``rng``."""
+    if preds.shape != gts.shape or preds.ndim != 3:
+        raise ValueError(f"preds and gts: expected two N x H x W masks of one shape, got {preds.shape} and {gts.shape}")
+    p = settings.interior_clicks
+    clicks = [correction_click(pred, gt, None if p > 0 and rng.random() < p else rng) for pred, gt in zip(preds, gts)]
+    return np.stack([c[0] for c in clicks])[:, None], np.array([c[1] for c in clicks], dtype=np.int64)[:, None]
 
 
 def round_schedule(settings: PromptSettings, rng: np.random.Generator) -> list[bool]:

@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from samforge.data.recipes import BOX_JITTERS, RECIPES, recipe_settings
+from samforge.data.recipes import BOX_JITTERS, NEXT_MASKS, RECIPES, recipe_settings
 from samforge.data.split import is_builtin_spec
 from samforge.models.configs import SAM_CONFIGS
 from samforge.models.sam2 import SAM2_CONFIGS
@@ -23,6 +23,10 @@ class ModelConfig:
     checkpoint: Optional[str] = None  # start from these weights (official or samforge); None = random init
     arch: dict = field(default_factory=dict)  # SamConfig fields replacing the named config's, e.g. {encoder_depth: 4}
     overrides: list = field(default_factory=list)  # SAM 2: config overrides, e.g. ["++model.image_size=512"]
+    # from scratch (no checkpoint): the mask decoder's attention starts with key projections equal to the query
+    # projections, so the prompt's place reaches the mask from the first step (samforge.models.attention_init);
+    # no effect on weights loaded from a checkpoint
+    aligned_attention: bool = False
 
 
 @dataclass
@@ -70,6 +74,12 @@ class PromptConfig:
     loss_rounds: int = -1
     stop_iou: float = 0.0
     round_objects: int = 0
+    # probability that a correction click is the deepest point of the deepest error region (the evaluation's click,
+    # as RITM's iterative training places it) instead of a point drawn uniformly in the larger region (SAM's)
+    interior_clicks: float = 0.0
+    # the candidate mask of a multimask round whose logits (and errors) the next round gets: lowest_loss (the one
+    # trained on) | most_confident (the highest predicted IoU, as the SAM paper trains and as a user's tool picks)
+    next_mask: str = "lowest_loss"
 
 
 @dataclass
@@ -216,6 +226,8 @@ def validate_config(cfg: TrainConfig) -> None:
          f"prompts.recipe: unknown recipe {cfg.prompts.recipe!r}; known recipes: {', '.join(RECIPES)}"),
         (cfg.prompts.box_jitter in BOX_JITTERS,
          f"prompts.box_jitter must be one of {BOX_JITTERS}, got {cfg.prompts.box_jitter!r}"),
+        (cfg.prompts.next_mask in NEXT_MASKS,
+         f"prompts.next_mask must be one of {NEXT_MASKS}, got {cfg.prompts.next_mask!r}"),
         (1 <= cfg.prompts.min_points <= cfg.prompts.max_points,
          f"prompts.min_points and max_points must satisfy 1 <= min_points <= max_points, got "
          f"{cfg.prompts.min_points} and {cfg.prompts.max_points}"),
@@ -280,6 +292,7 @@ RANGES = {
     "prompts.loss_rounds": (-1, None, True),  # -1 = every round
     "prompts.stop_iou": (0, 1, True),  # 0 = never
     "prompts.round_objects": (0, None, True),  # 0 = all
+    "prompts.interior_clicks": (0, 1, True),
 }
 
 

@@ -92,4 +92,5 @@ class SamLoss(nn.Module):
             "iou_mse": iou_loss.detach(),
             "best": best[:, 0],
             "true_iou": true_iou.gather(1, best)[:, 0],
+            "candidate_iou": true_iou,  # N x M: every candidate's true IoU
         }

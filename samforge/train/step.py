@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samforge.data.prompts import correction_click, pack_stored_prompts
-from samforge.data.recipes import first_prompts, loss_rounds, round_schedule, round_survivors
+from samforge.data.prompts import pack_stored_prompts
+from samforge.data.recipes import correction_clicks, first_prompts, loss_rounds, round_schedule, round_survivors
 from samforge.models.sam import Sam
 from samforge.train.config import PromptConfig
 from samforge.train.losses import SamLoss
@@ -126,9 +126,7 @@ def training_losses(
     losses = []
     for r, new_click in enumerate(rounds):
         if r > 0 and new_click:
-            clicks = [correction_click(p, g, rng) for p, g in zip(pred_np, gts_np)]
-            new_xy = np.stack([c[0] for c in clicks])[:, None]
-            new_label = np.array([c[1] for c in clicks])[:, None]
+            new_xy, new_label = correction_clicks(pred_np, gts_np, cfg, rng)
             coords = new_xy if coords is None else np.concatenate([coords, new_xy], axis=1)
             labels = new_label if labels is None else np.concatenate([labels, new_label], axis=1)
         points = None
@@ -145,13 +143,15 @@ def training_losses(
             out = loss_fn(logits, iou_pred, targets)
         if with_loss[r]:
             losses.append(out["loss"])
-        last_iou[ids] = out["true_iou"].detach()
-        chosen = out["best"]
+        # the candidate that goes on: the lowest-loss one, or (the SAM paper) the one the model is most confident of
+        chosen = out["best"] if cfg.next_mask == "lowest_loss" else iou_pred.detach().float().argmax(dim=1)
         rows = torch.arange(len(chosen), device=chosen.device)
+        chosen_iou = out["candidate_iou"][rows, chosen].detach()
+        last_iou[ids] = chosen_iou
         mask_input = low_res[rows, chosen][:, None].detach().float()
         if r + 1 == len(rounds):
             break
-        keep = round_survivors(out["true_iou"].detach().cpu().numpy(), cfg, r == 0, rng)
+        keep = round_survivors(chosen_iou.cpu().numpy(), cfg, r == 0, rng)
         if len(keep) == 0:
             break
         if len(keep) < len(ids):  # objects leave: the later rounds decode the others only
@@ -164,7 +164,7 @@ def training_losses(
         if rounds[r + 1]:  # the next round clicks on this round's errors
             full = F.interpolate(mask_input, (size, size), mode="bilinear", align_corners=False)
             pred_np = (full[:, 0] > 0).cpu().numpy()
-    stats = {k: v for k, v in out.items() if k not in ("loss", "best", "true_iou")}
+    stats = {k: v for k, v in out.items() if k not in ("loss", "best", "true_iou", "candidate_iou")}
     stats["miou_last_round"] = last_iou.mean()
     return {"loss": torch.stack(losses).mean(), **stats}
 

@@ -19,6 +19,7 @@ import torch
 
 from samforge.data.readers import open_dataset
 from samforge.data.split import CaseSplit, split_datasets
+from samforge.models.attention_init import align_query_key
 from samforge.models.build import build_sam, resolve_sam_config
 from samforge.models.checkpoint import read_checkpoint
 from samforge.models.configs import SamConfig
@@ -34,6 +35,12 @@ from samforge.train.sam2_step import Sam2TrainingForward
 from samforge.train.sam2_validate import save_sam2_val_overlays, validate_sam2
 from samforge.train.step import TrainingForward
 from samforge.train.validate import validate
+
+
+def align_attention(decoder: torch.nn.Module) -> None:
+    """``model.aligned_attention``: a model trained from scratch starts with its mask decoder's key projections equal
+    to its query projections (:mod:`samforge.models.attention_init`)."""
+    print(f"model.aligned_attention: {align_query_key(decoder)} mask-decoder attention layers start with keys = queries")
 
 
 @dataclasses.dataclass
@@ -69,6 +76,8 @@ class SamTask:
     def build_model(self, device: torch.device) -> BuiltModel:
         name, sam_config = resolve_model_config(self.cfg)
         model = build_sam(sam_config, self.cfg.model.checkpoint, device=device)
+        if self.cfg.model.aligned_attention and self.cfg.model.checkpoint is None:
+            align_attention(model.mask_decoder)
         return BuiltModel(model, name, sam_config.to_dict(), sam_config.image_size)
 
     def training_forward(self, model: torch.nn.Module, precision: str, out: Path, device: torch.device) -> torch.nn.Module:
@@ -130,6 +139,8 @@ class Sam2Task:
         name, overrides = resolve_sam2_model(self.cfg)
         model = build_sam2(name, self.cfg.model.checkpoint, device=device, mode="train",
                            hydra_overrides_extra=overrides, apply_postprocessing=False)
+        if self.cfg.model.aligned_attention and self.cfg.model.checkpoint is None:
+            align_attention(model.sam_mask_decoder)
         return BuiltModel(model, name, {"family": "sam2", "config_name": name, "overrides": list(overrides)},
                           model.image_size)
 

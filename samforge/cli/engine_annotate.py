@@ -20,7 +20,7 @@ from pathlib import Path
 from samforge.cli.annotate import add_server_args, check_server_args
 from samforge.cli.common import add_precision_arg, prepare_out_dir
 from samforge.cli.finetune import parse_base as finetune_base
-from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, check_threshold
 from samforge.engine.retrain_job import MODES, RetrainBusy, RetrainSettings, retrain_round
 from samforge.engine.round_model import load_model_ref
 from samforge.engine.rounds import ModelRef, current_round, finish_round, list_rounds, start_round
@@ -145,10 +145,8 @@ def run_annotate(args: argparse.Namespace) -> int:
     warning = check_server_args(args)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    for flag, value in (("--proposal-pred-iou", args.proposal_pred_iou), ("--proposal-stability",
-                                                                          args.proposal_stability)):
-        if not 0 < value <= 1:
-            raise ValueError(f"{flag} must be a number in (0, 1], got {value}")
+    check_threshold(args.proposal_pred_iou, "--proposal-pred-iou")
+    check_threshold(args.proposal_stability, "--proposal-stability")
     if args.adapter is not None and args.base is None:
         raise ValueError("--adapter applies to the base model: give --base with it (first run of WORK)")
     folder = ImageFolder(args.images_dir)  # a bad folder fails before the model load

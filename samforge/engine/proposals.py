@@ -22,6 +22,22 @@ STABILITY_SCORE_THRESH = 0.95
 OVERLAP_IOU_THRESH = 0.5
 
 
+def check_threshold(value: Any, name: str) -> float:
+    """``value`` as a float when it is a number in (0, 1] (an IoU or score a mask must reach), else ``ValueError``
+    naming ``name``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def proposal_filters(pred_iou_thresh: Any = PRED_IOU_THRESH,
+                     stability_score_thresh: Any = STABILITY_SCORE_THRESH) -> dict[str, float]:
+    """The proposal filter as recorded beside cached proposals: ``{"pred_iou_thresh", "stability_score_thresh"}``,
+    each checked by :func:`check_threshold` (the strict ones by default)."""
+    return {"pred_iou_thresh": check_threshold(pred_iou_thresh, "pred_iou_thresh"),
+            "stability_score_thresh": check_threshold(stability_score_thresh, "stability_score_thresh")}
+
+
 def _check_thresh(value: Any, name: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")

@@ -39,7 +39,7 @@ import torch
 from samforge.data.sample import Sample
 from samforge.data.recipes import recipe_settings
 from samforge.engine.model_record import sam2_model_record
-from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, check_threshold, filter_proposals
 from samforge.engine.pseudo_label_quality import pseudo_label_scores
 from samforge.engine.retrain import RETRAIN_MODES, run_retrain
 from samforge.engine.round_model import load_model_ref
@@ -96,9 +96,7 @@ class SimulateSettings:
 
     def __post_init__(self) -> None:
         for name in ("target_iou", "accept_iou", "proposal_pred_iou", "proposal_stability"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+            check_threshold(getattr(self, name), name)
         for name, low in (("rounds", 1), ("images_per_round", 1), ("held_out", 1), ("semi_from", 1),
                           ("retrain_steps", 1), ("points_per_side", 1), ("seed", 0)):
             value = getattr(self, name)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from samforge.engine.proposals import check_threshold
 from samforge.evaluate.interactive import MAX_CLICKS, ClickTrace, click_loops
 from samforge.evaluate.metrics import mask_iou
 from samforge.evaluate.protocols import PredictorLike, check_gt
@@ -22,12 +23,6 @@ from samforge.predict.amg_outputs import segmentation_to_mask
 
 TARGET_IOU = 0.85
 ACCEPT_IOU = 0.85
-
-
-def _check_fraction(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 def annotate_objects(
@@ -41,7 +36,7 @@ def annotate_objects(
     mask the one the person accepts)."""
     if isinstance(gts, np.ndarray) or not isinstance(gts, Sequence):
         raise TypeError(f"gts must be a list of HxW bool masks, got {type(gts).__name__}")
-    target_iou = _check_fraction(target_iou, "target_iou")
+    target_iou = check_threshold(target_iou, "target_iou")
     return click_loops(predictor, gts, max_clicks=max_clicks, stop_at=target_iou, min_clicks=1)
 
 
@@ -67,7 +62,7 @@ def judge_proposals(
         raise TypeError(f"proposals must be a list of records or masks, got {type(proposals).__name__}")
     if isinstance(gts, np.ndarray) or not isinstance(gts, Sequence):
         raise TypeError(f"gts must be a list of HxW bool masks, got {type(gts).__name__}")
-    accept_iou = _check_fraction(accept_iou, "accept_iou")
+    accept_iou = check_threshold(accept_iou, "accept_iou")
     for gt in gts:
         check_gt(gt)
     claimed: set[int] = set()

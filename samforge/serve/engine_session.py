@@ -23,8 +23,8 @@ from samforge.engine.rounds import Round, current_round
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.serve.labelled import labelled_samples
-from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH
-from samforge.serve.proposals import ProposalSource, ProposalStore, check_fraction, strict_source
+from samforge.engine.proposals import PRED_IOU_THRESH, STABILITY_SCORE_THRESH, check_threshold
+from samforge.serve.proposals import ProposalSource, ProposalStore, strict_source
 from samforge.utils.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -60,10 +60,9 @@ class EngineSession:
         self.work, self.stage, self.device, self.seed, self.say = Path(work), stage, device, seed, say
         self.round = current.index
         self.retrain_defaults = retrain or RetrainSettings(device=device, seed=seed)
-        self.source = proposal_source or strict_source(points_per_side, precision, pred_iou_thresh=proposal_pred_iou,
-                                                       stability_score_thresh=proposal_stability)
-        self.filters = {"pred_iou_thresh": check_fraction(proposal_pred_iou, "proposal_pred_iou"),
-                        "stability_score_thresh": check_fraction(proposal_stability, "proposal_stability")}
+        self.filters = {"pred_iou_thresh": check_threshold(proposal_pred_iou, "proposal_pred_iou"),
+                        "stability_score_thresh": check_threshold(proposal_stability, "proposal_stability")}
+        self.source = proposal_source or strict_source(points_per_side, precision, **self.filters)
         self.annotator: Annotator | None = None
         self.proposals: ProposalStore | None = None
         self.job: RetrainJob | None = None

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from samforge.engine.proposals import OVERLAP_IOU_THRESH, PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals
+from samforge.engine.proposals import (OVERLAP_IOU_THRESH, PRED_IOU_THRESH, STABILITY_SCORE_THRESH, filter_proposals,
+                                       proposal_filters)
 from samforge.models.sam import Sam
 from samforge.models.sam2 import SAM2Base
 from samforge.predict.amg_outputs import segmentation_to_coco_rle
@@ -36,14 +37,7 @@ REJECTED = "rejected"
 MAX_PROPOSALS = 256
 ProposalSource = Callable[[Sam | SAM2Base, np.ndarray], Sequence[dict]]  # (model, HxWx3 image) -> AMG records
 _ID = re.compile(r"(\d{1,6})-(\d{1,6})")
-STRICT_FILTERS = {"pred_iou_thresh": PRED_IOU_THRESH, "stability_score_thresh": STABILITY_SCORE_THRESH}
-
-
-def check_fraction(value: object, name: str) -> float:
-    """``value`` as a float when it is a number in (0, 1] (a threshold), else ``ValueError`` naming ``name``."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
+STRICT_FILTERS = proposal_filters()  # what a cache file without "filters" was made under
 
 
 def strict_source(points_per_side: int = 16, precision: str = "fp32", *, pred_iou_thresh: float = PRED_IOU_THRESH,
@@ -79,8 +73,7 @@ class ProposalStore:
         remove_stale_temporaries([self.root / REJECTED])
         self.folder, self.source = folder, source
         # the filter every proposal shown passes (strict by default); proposals cached under another are made again
-        self.filters = {"pred_iou_thresh": check_fraction(pred_iou_thresh, "pred_iou_thresh"),
-                        "stability_score_thresh": check_fraction(stability_score_thresh, "stability_score_thresh")}
+        self.filters = proposal_filters(pred_iou_thresh, stability_score_thresh)
         self._compute_lock = threading.Lock()  # one generation at a time: it keeps the CPU busy
         self._rejected_lock = threading.Lock()
 

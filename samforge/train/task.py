@@ -37,10 +37,12 @@ from samforge.train.step import TrainingForward
 from samforge.train.validate import validate
 
 
-def align_attention(decoder: torch.nn.Module) -> None:
-    """``model.aligned_attention``: a model trained from scratch starts with its mask decoder's key projections equal
-    to its query projections (:mod:`samforge.models.attention_init`)."""
-    print(f"model.aligned_attention: {align_query_key(decoder)} mask-decoder attention layers start with keys = queries")
+def start_aligned(cfg: TrainConfig, decoder: torch.nn.Module) -> None:
+    """``model.aligned_attention`` on a model trained from scratch (no ``model.checkpoint``): its mask decoder's key
+    projections start equal to its query projections (:mod:`samforge.models.attention_init`)."""
+    if cfg.model.aligned_attention and cfg.model.checkpoint is None:
+        print(f"model.aligned_attention: {align_query_key(decoder)} mask-decoder attention layers start with "
+              "keys = queries")
 
 
 @dataclasses.dataclass
@@ -76,8 +78,7 @@ class SamTask:
     def build_model(self, device: torch.device) -> BuiltModel:
         name, sam_config = resolve_model_config(self.cfg)
         model = build_sam(sam_config, self.cfg.model.checkpoint, device=device)
-        if self.cfg.model.aligned_attention and self.cfg.model.checkpoint is None:
-            align_attention(model.mask_decoder)
+        start_aligned(self.cfg, model.mask_decoder)
         return BuiltModel(model, name, sam_config.to_dict(), sam_config.image_size)
 
     def training_forward(self, model: torch.nn.Module, precision: str, out: Path, device: torch.device) -> torch.nn.Module:
@@ -139,8 +140,7 @@ class Sam2Task:
         name, overrides = resolve_sam2_model(self.cfg)
         model = build_sam2(name, self.cfg.model.checkpoint, device=device, mode="train",
                            hydra_overrides_extra=overrides, apply_postprocessing=False)
-        if self.cfg.model.aligned_attention and self.cfg.model.checkpoint is None:
-            align_attention(model.sam_mask_decoder)
+        start_aligned(self.cfg, model.sam_mask_decoder)
         return BuiltModel(model, name, {"family": "sam2", "config_name": name, "overrides": list(overrides)},
                           model.image_size)
 
